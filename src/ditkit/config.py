@@ -1,0 +1,460 @@
+"""The run configuration: frozen dataclasses (model, process, data, train, sample), YAML/JSON loading,
+dotted `--set section.key=value` overrides with type checking, and validation.
+
+The dataclass defaults *are* the embedded default (the `digits` recipe), so `RunConfig()` trains a small
+class-conditional DiT on scikit-learn's digits in a few minutes on a laptop CPU. Other recipes
+(`ditkit.recipes`) are overrides on top of these defaults.
+
+Every value is a plain int/float/bool/str/None or a tuple of those, so a config round-trips through YAML
+and through a `weights_only=True` checkpoint (as a plain dict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DataSection",
+    "ModelSection",
+    "ProcessSection",
+    "RunConfig",
+    "SampleSection",
+    "TrainSection",
+    "apply_overrides",
+    "config_diff",
+    "load_config",
+]
+
+LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SAMPLERS = ("ddpm", "ddim")
+
+
+def _positive(section: str, obj: Any, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"{section}.{name} must be {bound}, got {value!r}")
+
+
+def _choice(section: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.4)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{section}.{name} must be one of {', '.join(choices)}; got {value!r}{hint}")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which network. `name` is a preset (`ditkit info --list`); the other sizes override the preset when set.
+
+    input size, channels and class count come from the data (and the VAE, for latent training)."""
+
+    name: str = "DiT-Digits"
+    depth: int | None = None
+    hidden_size: int | None = None
+    num_heads: int | None = None
+    patch_size: int | None = None
+    mlp_ratio: float | None = None
+    learn_sigma: bool = True
+    # Label dropout for classifier-free guidance; 0 trains without a null label (no guidance possible).
+    class_dropout_prob: float = 0.1
+    # Start from these weights (a ditkit checkpoint or anything `ditkit.load_model` reads); tensors whose
+    # shapes differ (e.g. the label table of a new class set) keep their fresh init.
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "hidden_size", "num_heads", "patch_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"model.{name} must be > 0, got {value!r}")
+        if self.mlp_ratio is not None and self.mlp_ratio <= 0:
+            raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(f"model.class_dropout_prob must be in [0, 1), got {self.class_dropout_prob!r}")
+
+
+@dataclass(frozen=True)
+class ProcessSection:
+    """The diffusion process the network is trained for (DiT: linear betas, 1000 steps)."""
+
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        _choice("process", "schedule", self.schedule, ("linear", "cosine"))
+        _positive("process", self, "num_timesteps")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Training images. `path` is "digits" (scikit-learn's bundled 8x8 digits, nothing to download) or a
+    folder of images, with one subfolder per class for class-conditional training."""
+
+    path: str = "digits"
+    # Pixel side the images are brought to (digits: upscaled from 8x8; folders: ADM centre crop).
+    image_size: int = 16
+    hflip: bool = False  # random horizontal flip (off for digits: a mirrored 3 is not a 3)
+    # A VAE for latent-space training (e.g. "stabilityai/sd-vae-ft-ema"); None trains in pixel space.
+    vae: str | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("data", self, "image_size")
+        _positive("data", self, "num_workers", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Optimisation, bookkeeping and hardware. `batch_size` is global: summed over processes and over the
+    micro-batches of gradient accumulation."""
+
+    max_steps: int = 2000
+    batch_size: int = 128
+    grad_accum: int = 1
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (cosine decays to zero at max_steps)
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # warmup as a fraction of max_steps; the longer of the two warmups wins
+    weight_decay: float = 0.0  # AdamW; never applied to biases, norms or embeddings
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off
+    ema_decay: float = 0.9999
+    # decay_t = min(ema_decay, (1 + t) / (10 + t)): short runs average recent weights instead of the init.
+    ema_warmup: bool = True
+    precision: str = "auto"  # auto = bf16 autocast on GPUs that support it, fp32 elsewhere
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int = 0  # CPU threads for torch; 0 = all cores
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep_last: int = 2  # checkpoints kept in the run folder (the newest K)
+    sample_every: int = 1000  # EMA sample grid every N steps (and at the end); 0 = only at the end
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        _positive("train", self, "max_steps", "batch_size", "grad_accum", "lr", "log_every", "ckpt_every")
+        _positive("train", self, "keep_last")
+        _positive("train", self, "warmup_steps", "weight_decay", "grad_clip", "threads", allow_zero=True)
+        _positive("train", self, "sample_every", allow_zero=True)
+        _choice("train", "lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("train", "precision", self.precision, PRECISIONS)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.adam_eps <= 0:
+            raise ValueError(f"train.adam_eps must be > 0, got {self.adam_eps!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"train.batch_size {self.batch_size} is not divisible by train.grad_accum {self.grad_accum}"
+            )
+
+    @property
+    def warmup(self) -> int:
+        """Warmup length in steps: the larger of warmup_steps and warmup_ratio * max_steps."""
+        return max(self.warmup_steps, int(round(self.warmup_ratio * self.max_steps)))
+
+
+@dataclass(frozen=True)
+class SampleSection:
+    """How to sample: used for the grids written while training and as `ditkit sample`'s defaults."""
+
+    sampler: str = "ddpm"
+    steps: int = 100
+    guidance_scale: float = 2.0
+    num_per_label: int = 4  # rows of the training grid
+    labels: tuple[int, ...] = ()  # grid labels; () = every class (the first 8 when there are more than 16)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("sample", "sampler", self.sampler, SAMPLERS)
+        _positive("sample", self, "steps", "num_per_label")
+        if self.guidance_scale < 1.0:
+            raise ValueError(f"sample.guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale!r}")
+
+
+_SECTIONS = {
+    "model": ModelSection,
+    "process": ProcessSection,
+    "data": DataSection,
+    "train": TrainSection,
+    "sample": SampleSection,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    recipe: str = "digits"
+    model: ModelSection = field(default_factory=ModelSection)
+    process: ProcessSection = field(default_factory=ProcessSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+
+    # -- (de)serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists): YAML- and `weights_only`-checkpoint-safe."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, tuple | list):
+                return [plain(v) for v in value]
+            return value
+
+        out: dict[str, Any] = {"recipe": self.recipe}
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            out[name] = {f.name: plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, origin: str = "config") -> RunConfig:
+        """Strict: unknown sections or keys raise ValueError naming the closest valid key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+        return _merge(cls(), data, origin=origin)
+
+    def to_yaml(self) -> str:
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def flat(self) -> dict[str, Any]:
+        """{"train.lr": 0.001, ...}: every leaf by its dotted key."""
+        d = self.to_dict()
+        out = {"recipe": d.pop("recipe")}
+        for section, values in d.items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style sections, but lists on one line (`betas: [0.9, 0.999]`)."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+)
+
+
+# -- keys, types and coercion -----------------------------------------------------------------------
+def valid_keys() -> list[str]:
+    keys = ["recipe"]
+    for name, cls in _SECTIONS.items():
+        keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _unknown_key(key: str, origin: str) -> ValueError:
+    keys = valid_keys()
+    # Match on the whole dotted key, and on the leaf alone (`--set lr=1e-3` -> train.lr).
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not close:
+        leaf = key.rsplit(".", 1)[-1]
+        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+        near = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+        close = [leaves[near[0]]] if near else []
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(keys)}"
+    return ValueError(f"{origin}: unknown config key {key!r}{hint}")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} {_type_name(args[0])}s"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting the obvious spellings (a string "3e-4" for a
+    float, a comma list for a tuple). Raises ValueError naming the key and the expected type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            if type(None) in args:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError:
+                pass
+        raise ValueError(f"{key} expects {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key} expects {_type_name(tp)}, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"{key} expects {_type_name(tp)}, got {list(value)!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str | int) and str(value).strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[str(value).strip().lower()]
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str | float) and not isinstance(value, bool):
+            try:
+                number = float(str(value).replace("_", ""))
+            except ValueError:
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    raise ValueError(f"{key} expects {_type_name(tp)}, got {value!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _merge(config: RunConfig, data: dict[str, Any], *, origin: str) -> RunConfig:
+    """Apply a nested dict of values on top of `config`, strictly."""
+    changes: dict[str, Any] = {}
+    for name, values in data.items():
+        if name == "recipe":
+            changes["recipe"] = _coerce(values, str, "recipe")
+            continue
+        if name not in _SECTIONS:
+            raise _unknown_key(str(name), origin)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ValueError(f"{origin}: section {name!r} must be a mapping of keys, got {values!r}")
+        section = getattr(config, name)
+        hints = _hints(type(section))
+        updates = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise _unknown_key(f"{name}.{key}", origin)
+            updates[key] = _coerce(value, hints[key], f"{name}.{key}")
+        changes[name] = dataclasses.replace(section, **updates)
+    return dataclasses.replace(config, **changes)
+
+
+def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:
+    """Apply `["train.lr=3e-4", "data.hflip=true"]` (or {"train.lr": 3e-4}) with type checking."""
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    nested: dict[str, Any] = {}
+    for key, value in items:
+        if isinstance(value, str) and not isinstance(overrides, dict):
+            value = _parse_scalar(value)
+        if key == "recipe":
+            raise ValueError("--set recipe=... is not an override; pass the recipe name as the CONFIG argument")
+        if "." not in key:
+            raise _unknown_key(key, "--set")
+        section, leaf = key.split(".", 1)
+        if section not in _SECTIONS or "." in leaf:
+            raise _unknown_key(key, "--set")
+        nested.setdefault(section, {})[leaf] = value
+    return _merge(config, nested, origin="--set")
+
+
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ValueError(f"--set expects key=value (e.g. train.lr=3e-4), got {item!r}")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return text
+
+
+def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    """Dotted keys whose values differ."""
+    fa, fb = a.flat(), b.flat()
+    return [k for k in fa if fa[k] != fb.get(k)]
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config sections at the top level")
+    return data
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Resolve a run config: a recipe name (`digits`, `wikiart`, ...) or a YAML/JSON file, then `--set`s.
+
+    A file starts from the recipe named by its `recipe:` key (default `digits`) and overrides it.
+    """
+    from .recipes import RECIPES, recipe
+
+    if source is None:
+        config = recipe("digits")
+    elif str(source) in RECIPES:
+        config = recipe(str(source))
+    elif Path(source).suffix.lower() in (".yaml", ".yml", ".json") or Path(source).exists():
+        data = read_config_file(source)
+        base = data.get("recipe", "digits")
+        if base not in RECIPES:
+            raise ValueError(f"{source}: unknown recipe {base!r}; recipes: {', '.join(RECIPES)}")
+        config = _merge(recipe(base), data, origin=str(source))
+    else:
+        close = difflib.get_close_matches(str(source), list(RECIPES), n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"{source!s}: neither a recipe nor a config file{hint}; recipes: {', '.join(RECIPES)}, "
+            "or pass a .yaml/.json file"
+        )
+    return apply_overrides(config, overrides or [])

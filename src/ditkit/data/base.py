@@ -1,0 +1,75 @@
+"""What the trainer needs from a data set, and the deterministic order it reads it in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TensorDataset:
+    """Images held in memory: (N, C, H, W) float in [-1, 1] and (N,) int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    label_names: list[str] | None
+    name: str = "tensors"
+
+    def __post_init__(self) -> None:
+        assert self.images.ndim == 4 and self.labels.shape == (self.images.shape[0],)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names) if self.label_names else 0
+
+    def load(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[indices], self.labels[indices]
+
+
+class IndexStream:
+    """An endless stream of data-set indices: epoch e is a permutation drawn from seed + e, and epochs are
+    concatenated (no sample is dropped, data sets smaller than a batch work).
+
+    Batch s is `stream[s * B : (s + 1) * B]`, a function of (seed, step) alone: resuming at step s needs no
+    saved sampler state, and every process computes the same global batch and takes its own slice (the
+    distributed sampler), so the samples a step sees do not depend on the number of processes.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        if size <= 0:
+            raise ValueError("the data set is empty")
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def epoch(self, e: int) -> torch.Tensor:
+        perm = self._cache.get(e)
+        if perm is None:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+                perm = torch.randperm(self.size, generator=g)
+            else:
+                perm = torch.arange(self.size)
+            self._cache = {k: v for k, v in self._cache.items() if k >= e - 1}  # keep at most two epochs
+            self._cache[e] = perm
+        return perm
+
+    def batch(self, step: int, batch_size: int) -> torch.Tensor:
+        start, stop = step * batch_size, (step + 1) * batch_size
+        parts = []
+        for e in range(start // self.size, (stop - 1) // self.size + 1):
+            lo = max(start - e * self.size, 0)
+            hi = min(stop - e * self.size, self.size)
+            parts.append(self.epoch(e)[lo:hi])
+        return torch.cat(parts)

@@ -1,0 +1,358 @@
+"""diffusers folders: a `DiTTransformer2DModel` (config.json + diffusion_pytorch_model.*) and a whole
+`DiTPipeline` (model_index.json + transformer/ + vae/ + scheduler/), read and written without importing
+diffusers (it is needed only to *run* them in diffusers, or for the VAE codec).
+
+A model read from a diffusers folder gets `arithmetic="diffusers"`, so ditkit reproduces diffusers' forward;
+the two differ from the official model in the timestep-frequency divisor and one LayerNorm eps (§2.2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import DiT, ModelConfig
+from .layouts import cast_state, diffusers_to_official, official_to_diffusers
+from .native import atomic_write, read_safetensors, safe_torch_load
+
+TRANSFORMER_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
+PIPELINE_CLASS = "DiTPipeline"
+WEIGHTS_NAME = "diffusion_pytorch_model"
+# Written into config.json; diffusers ignores keys that start with "_".
+ARITHMETIC_KEY = "_ditkit_arithmetic"
+# DiTTransformer2DModel's constructor defaults (dit-facts §2.1), for keys a config.json leaves out.
+_DIT_DEFAULTS: dict[str, Any] = {
+    "num_attention_heads": 16,
+    "attention_head_dim": 72,
+    "in_channels": 4,
+    "out_channels": None,
+    "num_layers": 28,
+    "attention_bias": True,
+    "sample_size": 32,
+    "patch_size": 2,
+    "activation_fn": "gelu-approximate",
+    "num_embeds_ada_norm": 1000,
+    "norm_type": "ada_norm_zero",
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-5,
+}
+# The legacy Transformer2DModel has other defaults, so its config must spell these out.
+_LEGACY_REQUIRED = ("num_attention_heads", "attention_head_dim", "in_channels", "num_layers", "sample_size",
+                    "patch_size", "num_embeds_ada_norm", "activation_fn", "norm_type")
+# The scheduler the official converter ships with DiT pipelines (dit-facts §2.3).
+DDIM_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+}
+
+
+def diffusers_version() -> str:
+    try:
+        import diffusers
+
+        return diffusers.__version__
+    except ImportError:  # pragma: no cover
+        return "0.29.0"  # the first release with DiTTransformer2DModel
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+# -- config ------------------------------------------------------------------------------------------
+def config_from_diffusers(cfg: dict[str, Any], mlp_rows: int | None, where: str) -> ModelConfig:
+    """ModelConfig (arithmetic="diffusers") of a DiTTransformer2DModel config.json; refuses variants ditkit
+    cannot reproduce exactly."""
+    cls = cfg.get("_class_name")
+    if cls == "Transformer2DModel":
+        missing = [k for k in _LEGACY_REQUIRED if cfg.get(k) is None]
+        if missing:
+            raise ValueError(f"{where}: a Transformer2DModel config without {missing}; is this a DiT?")
+    c = {**_DIT_DEFAULTS, **cfg}
+    checks = {
+        "norm_type": "ada_norm_zero",
+        "activation_fn": "gelu-approximate",
+        "norm_elementwise_affine": False,
+        "attention_bias": True,
+    }
+    for key, want in checks.items():
+        if c[key] != want:
+            raise ValueError(f"{where}: {key}={c[key]!r} is not a DiT (ditkit reads {key}={want!r} only)")
+    if c.get("cross_attention_dim") is not None:
+        raise ValueError(f"{where}: cross_attention_dim is set; a class-conditional DiT has no cross-attention")
+    if not isinstance(c["norm_eps"], (int, float)) or abs(float(c["norm_eps"]) - 1e-5) > 1e-12:
+        raise ValueError(
+            f"{where}: norm_eps={c['norm_eps']!r}; ditkit reproduces diffusers' DiT with its default 1e-5 only"
+        )
+    if c["num_embeds_ada_norm"] is None:
+        raise ValueError(f"{where}: num_embeds_ada_norm is null; a DiT needs a class count")
+    hidden = int(c["num_attention_heads"]) * int(c["attention_head_dim"])
+    in_ch = int(c["in_channels"])
+    out_ch = in_ch if c.get("out_channels") is None else int(c["out_channels"])
+    if out_ch not in (in_ch, 2 * in_ch):
+        raise ValueError(
+            f"{where}: out_channels={out_ch} for in_channels={in_ch}; ditkit supports {in_ch} (eps) or "
+            f"{2 * in_ch} (eps + learned variance)"
+        )
+    mlp_ratio = mlp_rows / hidden if mlp_rows else 4.0
+    try:
+        return ModelConfig(
+            depth=int(c["num_layers"]),
+            hidden_size=hidden,
+            num_heads=int(c["num_attention_heads"]),
+            patch_size=int(c["patch_size"]),
+            input_size=int(c["sample_size"]),
+            in_channels=in_ch,
+            num_classes=int(c["num_embeds_ada_norm"]),
+            learn_sigma=out_ch == 2 * in_ch,
+            class_dropout_prob=0.1,  # diffusers' LabelEmbedding always has the null row
+            mlp_ratio=mlp_ratio,
+            arithmetic="diffusers",
+        )
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def diffusers_config(config: ModelConfig) -> dict[str, Any]:
+    """The config.json of the DiTTransformer2DModel equivalent to a ditkit ModelConfig."""
+    if config.mlp_ratio != 4.0:
+        raise ValueError(
+            f"diffusers' DiTTransformer2DModel has a fixed MLP ratio of 4; this model has {config.mlp_ratio}"
+        )
+    if config.hidden_size % config.num_heads:
+        raise ValueError("hidden_size must be divisible by num_heads")  # pragma: no cover - ModelConfig checks
+    return {
+        "_class_name": "DiTTransformer2DModel",
+        "_diffusers_version": diffusers_version(),
+        ARITHMETIC_KEY: config.arithmetic,
+        "activation_fn": "gelu-approximate",
+        "attention_bias": True,
+        "attention_head_dim": config.hidden_size // config.num_heads,
+        "dropout": 0.0,
+        "in_channels": config.in_channels,
+        "norm_elementwise_affine": False,
+        "norm_eps": 1e-5,
+        "norm_num_groups": 32,
+        "norm_type": "ada_norm_zero",
+        "num_attention_heads": config.num_heads,
+        "num_embeds_ada_norm": config.num_classes,
+        "num_layers": config.depth,
+        "out_channels": config.out_channels,
+        "patch_size": config.patch_size,
+        "sample_size": config.input_size,
+        "upcast_attention": False,
+    }
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def is_transformer_folder(folder: Path) -> bool:
+    if not (folder / "config.json").is_file():
+        return False
+    try:
+        return read_json(folder / "config.json").get("_class_name") in TRANSFORMER_CLASSES
+    except ValueError:
+        return False
+
+
+def _weight_files(folder: Path) -> tuple[list[Path], list[str]]:
+    notes: list[str] = []
+    for name in (f"{WEIGHTS_NAME}.safetensors", f"{WEIGHTS_NAME}.bin"):
+        if (folder / name).is_file():
+            return [folder / name], notes
+    for index_name in (f"{WEIGHTS_NAME}.safetensors.index.json", f"{WEIGHTS_NAME}.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError(f"{index}: no weight_map")
+            shards = [folder / s for s in sorted(set(weight_map.values()))]
+            for shard in shards:
+                if not shard.is_file():
+                    raise ValueError(f"{folder}: shard {shard.name} listed in {index_name} is missing")
+            return shards, notes
+    variants = sorted(folder.glob(f"{WEIGHTS_NAME}.*.safetensors")) + sorted(folder.glob(f"{WEIGHTS_NAME}.*.bin"))
+    variants = [v for v in variants if "index" not in v.name]
+    if variants:
+        notes.append(f"read the variant weights file {variants[0].name}")
+        return [variants[0]], notes
+    raise ValueError(f"{folder}: transformer weights missing (no {WEIGHTS_NAME}.safetensors or .bin)")
+
+
+def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if f.name.endswith(".safetensors"):
+            part, _ = read_safetensors(f)
+        else:
+            part = safe_torch_load(f)
+            if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+                raise ValueError(f"{f}: not a state dict of tensors")
+        state.update(part)
+    return state
+
+
+def read_transformer_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str]]:
+    """(config with diffusers arithmetic, official-layout state dict without pos_embed, notes)."""
+    cfg = read_json(folder / "config.json")
+    cls = cfg.get("_class_name")
+    if cls not in TRANSFORMER_CLASSES:
+        raise ValueError(f"{folder}: config.json describes a {cls!r}, not a DiTTransformer2DModel")
+    files, notes = _weight_files(folder)
+    state = _read_weights(files)
+    mlp = state.get("transformer_blocks.0.ff.net.0.proj.weight")
+    config = config_from_diffusers(cfg, int(mlp.shape[0]) if mlp is not None else None, str(folder))
+    official = diffusers_to_official(state, config, str(folder))
+    origin = cfg.get(ARITHMETIC_KEY)
+    if origin == "official":
+        notes.append(
+            "exported by ditkit from a model with official arithmetic; loaded with diffusers arithmetic to "
+            "match diffusers, pass arithmetic='official' to get the original model's outputs"
+        )
+    return config, official, notes
+
+
+def diffusers_pos_embed(config: ModelConfig) -> torch.Tensor | None:
+    """diffusers' own pos-embed values for this config when diffusers is importable (else None).
+
+    ditkit's sin-cos table equals diffusers' bit for bit at every size we have checked, but a faithful load
+    takes diffusers' numbers when they are at hand rather than trust that.
+    """
+    try:
+        from diffusers.models.embeddings import get_2d_sincos_pos_embed
+    except ImportError:  # pragma: no cover
+        return None
+    grid = config.input_size // config.patch_size
+    try:
+        table = get_2d_sincos_pos_embed(config.hidden_size, grid, base_size=grid, interpolation_scale=1)
+    except Exception:  # pragma: no cover - an API change in diffusers; fall back to ditkit's table
+        return None
+    table = torch.as_tensor(table).float().reshape(1, grid * grid, config.hidden_size)
+    return table
+
+
+def read_pipeline_index(folder: Path) -> dict[str, Any]:
+    """model_index.json of a DiTPipeline folder, after checking that every part it lists is there."""
+    index = read_json(folder / "model_index.json")
+    cls = index.get("_class_name")
+    if cls != PIPELINE_CLASS:
+        raise ValueError(f"{folder}: model_index.json describes a {cls!r}, not a DiTPipeline")
+    for part in ("transformer", "vae", "scheduler"):
+        spec = index.get(part)
+        if spec is None or (isinstance(spec, list) and spec[:1] == [None]):
+            if part == "transformer":
+                raise ValueError(f"{folder}: model_index.json lists no transformer")
+            continue
+        sub = folder / part
+        if not sub.is_dir():
+            raise ValueError(f"{folder}: the pipeline's {part}/ folder is missing (model_index.json lists it)")
+        config_name = "scheduler_config.json" if part == "scheduler" else "config.json"
+        if not (sub / config_name).is_file():
+            raise ValueError(f"{sub}: {config_name} is missing")
+    return index
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def save_diffusers_transformer(
+    model: DiT, folder: str | os.PathLike, *, dtype: torch.dtype | None = None
+) -> Path:
+    """A folder `DiTTransformer2DModel.from_pretrained` loads with no missing or unexpected keys."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    config = diffusers_config(model.config)
+    state = cast_state(official_to_diffusers(model.state_dict(), model.config), dtype)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{WEIGHTS_NAME}.safetensors"
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    _write_json(folder / "config.json", config)
+    return folder
+
+
+def copy_vae(vae: Any, dest: Path) -> Path:
+    """Put a VAE at `dest`: a folder path is copied, a VAECodec / AutoencoderKL is saved with save_pretrained."""
+    from ..codecs import VAECodec, find_vae_folder
+
+    if isinstance(vae, (str, os.PathLike)):
+        src = find_vae_folder(vae)
+        if src.resolve() == dest.resolve():
+            return dest
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest)
+        return dest
+    module = vae.vae if isinstance(vae, VAECodec) else vae
+    if not hasattr(module, "save_pretrained"):
+        raise ValueError(f"cannot save a VAE of type {type(vae).__name__}; pass a folder or an AutoencoderKL")
+    module.save_pretrained(str(dest))
+    return dest
+
+
+def save_diffusers_pipeline(
+    model: DiT,
+    folder: str | os.PathLike,
+    *,
+    vae: Any,
+    id2label: dict[int, str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A folder `diffusers.DiTPipeline.from_pretrained` loads: transformer/, vae/, a DDIM scheduler/ as the
+    official converter ships it, and model_index.json with id2label (as on the hub)."""
+    from ..codecs import VAECodec, check_codec_compat, find_vae_folder
+
+    if vae is None:
+        raise ValueError(
+            "a diffusers DiTPipeline needs a VAE (diffusers cannot load one without it); pass a VAE folder "
+            "(--vae PATH), or export the transformer alone"
+        )
+    if isinstance(vae, (str, os.PathLike)):
+        vae_cfg = read_json(find_vae_folder(vae) / "config.json")
+        channels = vae_cfg.get("latent_channels", 4)
+        if channels != model.config.in_channels:
+            raise ValueError(
+                f"the VAE at {vae} has {channels} latent channels but the model expects "
+                f"{model.config.in_channels}; use the VAE the model was trained with"
+            )
+    elif isinstance(vae, VAECodec):
+        check_codec_compat(model, vae)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_diffusers_transformer(model, folder / "transformer", dtype=dtype)
+    copy_vae(vae, folder / "vae")
+    version = diffusers_version()
+    _write_json(folder / "scheduler" / "scheduler_config.json", {**DDIM_SCHEDULER_CONFIG, "_diffusers_version": version})
+    index: dict[str, Any] = {
+        "_class_name": PIPELINE_CLASS,
+        "_diffusers_version": version,
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "transformer": ["diffusers", "DiTTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    if id2label is not None:
+        index["id2label"] = {str(k): v for k, v in sorted(id2label.items())}
+    _write_json(folder / "model_index.json", index)
+    return folder

@@ -1,0 +1,280 @@
+"""DiTPipeline: class labels in, images out, with the call users know from diffusers' DiTPipeline.
+
+The pipeline owns no arithmetic of its own: it turns labels into a conditioning tensor, wraps the network
+into a (guided) model function, picks a timestep grid and a sampler from `ditkit.sampling`, and decodes the
+result through a codec (identity in pixel space, the SD VAE in latent space).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .diffusion import GaussianDiffusion
+from .models import DiT
+from .sampling import classifier_free_guidance, get_sampler, make_sampling_process, randn
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class ImagePipelineOutput:
+    """`images`: a list of PIL images, an N×H×W×C numpy array in [0, 1], an N×C×H×W tensor in [0, 1], or
+    the final latents (output_type "latent"); `labels`: the class ids that were sampled."""
+
+    images: Any
+    labels: list[int] | None = None
+
+
+class DiTPipeline:
+    """Sample a class-conditional DiT.
+
+    `transformer` is a `ditkit.DiT`; `vae` is None (pixel space: the model's inputs are images in [-1, 1]),
+    a `ditkit.codecs` codec, or a diffusers `AutoencoderKL`; `id2label` maps class ids to names
+    (comma-separated synonyms allowed, as in diffusers).
+    """
+
+    def __init__(self, transformer: DiT, vae: Any = None, id2label: dict[int, str] | None = None) -> None:
+        if not isinstance(transformer, DiT):
+            raise ValueError(
+                f"transformer must be a ditkit DiT, got {type(transformer).__name__}; load foreign weights "
+                "with ditkit.load_model(path) or DiTPipeline.from_pretrained(path)"
+            )
+        self.transformer = transformer.eval()
+        self.vae = _as_codec(vae)
+        if self.vae is not None:
+            from .codecs import check_codec_compat
+
+            check_codec_compat(transformer, self.vae)
+        self.id2label = {int(k): str(v) for k, v in id2label.items()} if id2label else None
+        self._label_map = None
+        self.process = GaussianDiffusion.from_schedule(
+            "linear", 1000, learn_sigma=transformer.config.learn_sigma
+        )
+
+    # -- labels -------------------------------------------------------------------------------------
+    @property
+    def labels(self) -> dict[str, int]:
+        """Every name (each comma-separated synonym) -> class id, sorted by name, like diffusers."""
+        if not self.id2label:
+            return {}
+        table = {name.strip(): idx for idx, label in self.id2label.items() for name in label.split(",")}
+        return dict(sorted(table.items()))
+
+    def _labels(self):
+        from .labels import LabelMap
+
+        if self._label_map is None:
+            if not self.id2label:
+                raise ValueError("this pipeline has no label names; pass class ids, or give id2label")
+            self._label_map = LabelMap.from_id2label(self.id2label)
+        return self._label_map
+
+    def get_label_ids(self, label: str | Sequence[str]) -> list[int]:
+        """Map names to class ids; an unknown name raises a ValueError naming the closest valid names.
+
+        A bare string is one name (diffusers would split it into characters).
+        """
+        names = [label] if isinstance(label, str) else list(label)
+        return self._labels().ids(names)
+
+    def _class_ids(self, class_labels: Any) -> list[int]:
+        if isinstance(class_labels, (int, str)) or (
+            isinstance(class_labels, torch.Tensor) and class_labels.ndim == 0
+        ):
+            class_labels = [class_labels]
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.tolist()
+        ids: list[int] = []
+        for item in class_labels:
+            if isinstance(item, str) and not item.strip().lstrip("-").isdigit():
+                ids.extend(self.get_label_ids([item]))
+            else:
+                ids.append(int(item))
+        n = self.transformer.config.num_classes
+        for i in ids:
+            if not 0 <= i < n:
+                raise ValueError(f"class label {i} is out of range; this model has classes 0..{n - 1}")
+        return ids
+
+    # -- devices ------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.pos_embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.pos_embed.dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DiTPipeline:
+        """Move the transformer (device and dtype) and the VAE (device only: it stays fp32 by default)."""
+        self.transformer.to(device=device, dtype=dtype)
+        if self.vae is not None and device is not None:
+            self.vae.to(device)
+        return self
+
+    # -- loading and saving -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        vae: Any = None,
+        use_ema: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> DiTPipeline:
+        """Load any model file or folder ditkit understands (see `ditkit.io.load_any`).
+
+        `vae` overrides the VAE: a folder path, a codec or an AutoencoderKL. A diffusers pipeline folder brings
+        its own vae/; a ditkit pipeline folder may too.
+        """
+        from .io import load_any
+
+        loaded = load_any(path, use_ema=use_ema)
+        if vae is None and loaded.vae_path is not None:
+            vae = loaded.vae_path
+        pipe = cls(loaded.model, vae=vae, id2label=loaded.id2label)
+        if device is not None or dtype is not None:
+            pipe.to(device, dtype)
+        return pipe
+
+    def save_pretrained(self, path: str | os.PathLike, *, safe_serialization: bool = True) -> Path:
+        """Write a ditkit pipeline folder (transformer.safetensors with its config, label names, vae/)."""
+        from .io import save_ditkit_pipeline
+
+        return save_ditkit_pipeline(path, self.transformer, self.id2label, vae=self.vae)
+
+    # -- sampling -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: Any = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 4.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        sampler: str = "ddim",
+        guidance_channels: int | None = None,
+        *,
+        eta: float = 0.0,
+        variance_type: str | None = None,
+        num_images: int | None = None,
+        progress: bool = False,
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Sample one image per class label.
+
+        class_labels: ids or names (a list, or one); for an unconditional model leave it None and pass
+        `num_images`. sampler: "ddim" (default; 50 steps = official "ddim50" spacing) or "ddpm" (ancestral with
+        the learned variance; official default 250). guidance_scale: classifier-free guidance, active when
+        != 1, conditional and null batched in one forward. guidance_channels: None guides every eps channel;
+        3 reproduces the official sampler. generator: one torch.Generator, or a list with one per image
+        (image k then depends on its own generator only). latents: the initial noise (N, C, H, W).
+        variance_type: None uses the model's (learned range when it learns sigma); "fixed_small" reproduces
+        diffusers' DDPM scheduler, which discards the learned variance.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
+        sample_fn = get_sampler(sampler)
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= self.process.num_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be an integer in 1..{self.process.num_timesteps}, got {num_inference_steps!r}"
+            )
+        cfg = self.transformer.config
+        device = self.device
+
+        if cfg.num_classes > 0:
+            if class_labels is None:
+                raise ValueError("this model is class-conditional: pass class_labels (ids or names)")
+            ids = self._class_ids(class_labels)
+            n = len(ids)
+            y = torch.tensor(ids, dtype=torch.long, device=device)
+        else:
+            if class_labels is not None:
+                raise ValueError("this model is unconditional: pass num_images=N instead of class_labels")
+            n = num_images if num_images is not None else (latents.shape[0] if latents is not None else 1)
+            ids, y = None, None
+        if n == 0:
+            raise ValueError("nothing to sample: class_labels is empty")
+
+        shape = (n, cfg.in_channels, cfg.input_size, cfg.input_size)
+        if latents is None:
+            if isinstance(generator, (list, tuple)) and len(generator) != n:
+                raise ValueError(f"got {len(generator)} generators for {n} images; pass one per image")
+            x = randn(shape, generator, device=device)
+        else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
+            x = latents.to(device=device, dtype=torch.float32)
+
+        model = self.transformer
+        if y is None:
+
+            def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return model(x_t, t)
+
+        else:
+            if guidance_scale != 1 and not cfg.has_null_label:
+                raise ValueError(
+                    "guidance_scale != 1 needs a null label, but this model was trained without label dropout "
+                    "(class_dropout_prob=0); use guidance_scale=1"
+                )
+            model_fn = classifier_free_guidance(model, y, cfg.null_label, guidance_scale, guidance_channels)
+
+        base = self.process
+        if variance_type is not None and variance_type != base.variance_type:
+            base = GaussianDiffusion(base.betas, learn_sigma=cfg.learn_sigma, variance_type=variance_type)
+        process = make_sampling_process(base, sampler, num_inference_steps)
+        kwargs: dict[str, Any] = {"generator": generator, "progress": progress}
+        if sampler == "ddim":
+            kwargs["eta"] = eta
+        elif eta:
+            raise ValueError("eta applies to the ddim sampler only")
+        out = sample_fn(model_fn, process, x, **kwargs)
+
+        if output_type == "latent":
+            images: Any = out
+        else:
+            decoded = self.vae.decode(out) if self.vae is not None else out
+            pt = (decoded.float() / 2 + 0.5).clamp(0, 1)  # (N, C, H, W) in [0, 1]
+            images = pt if output_type == "pt" else _to_numpy(pt)
+            if output_type == "pil":
+                images = numpy_to_pil(images)
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images, labels=ids)
+
+
+def _to_numpy(pt: torch.Tensor) -> np.ndarray:
+    return pt.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)  # (N, H, W, C)
+
+
+def numpy_to_pil(images: np.ndarray) -> list:
+    """N×H×W×C floats in [0, 1] -> PIL images (mode L for one channel, RGB for three)."""
+    from PIL import Image
+
+    arr = (images * 255).round().clip(0, 255).astype(np.uint8)
+    if arr.shape[-1] == 1:
+        return [Image.fromarray(a[..., 0], mode="L") for a in arr]
+    return [Image.fromarray(a) for a in arr]
+
+
+def _as_codec(vae: Any) -> Any:
+    """None stays None (pixel space); paths and diffusers AutoencoderKL become a VAECodec."""
+    if vae is None:
+        return None
+    from . import codecs
+
+    if isinstance(vae, (str, os.PathLike)):
+        return codecs.VAECodec.from_pretrained(vae)
+    if hasattr(vae, "decode") and hasattr(vae, "encode") and hasattr(vae, "scaling_factor"):
+        return vae  # already a codec
+    return codecs.VAECodec(vae)
