@@ -68,7 +68,7 @@ def test_gflops_match_paper():
 def test_info_cli(capsys):
     assert cli_main(["info", "DiT-XL/2"]) == 0
     out = capsys.readouterr().out
-    assert "674,834,720" in out and "118.62" in out
+    assert "674,834,720" in out and "118.64" in out
     assert cli_main(["info", "DiT-S/2", "--input-size", "32"]) == 0
     assert "6.06" in capsys.readouterr().out
     assert cli_main(["info", "DiT-XXL/2"]) == 2

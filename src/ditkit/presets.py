@@ -20,6 +20,33 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 # The embedded default: a small pixel-space DiT for 16x16 single-channel digits (see recipes).
 MODEL_PRESETS["DiT-Digits"] = {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 2}
 
+# huggan/wikiart label sets (class-label order of the dataset).
+WIKIART_GENRES = (
+    "abstract_painting", "cityscape", "genre_painting", "illustration", "landscape", "nude_painting",
+    "portrait", "religious_painting", "sketch_and_study", "still_life", "Unknown Genre",
+)
+WIKIART_STYLES = (
+    "Abstract_Expressionism", "Action_painting", "Analytical_Cubism", "Art_Nouveau", "Baroque",
+    "Color_Field_Painting", "Contemporary_Realism", "Cubism", "Early_Renaissance", "Expressionism", "Fauvism",
+    "High_Renaissance", "Impressionism", "Mannerism_Late_Renaissance", "Minimalism", "Naive_Art_Primitivism",
+    "New_Realism", "Northern_Renaissance", "Pointillism", "Pop_Art", "Post_Impressionism", "Realism", "Rococo",
+    "Romanticism", "Symbolism", "Synthetic_Cubism", "Ukiyo_e",
+)
+# DiT-WikiArt (seed 000): post-norm, learned position embedding, no final adaLN ("omitted final linear
+# layer": the last post-norm block already normalises and modulates, so only the output projection is left),
+# noise-only prediction, patch 2, genre + style conditioning on 32x32x4 SD-VAE latents.
+_WIKIART = {
+    "patch_size": 2, "input_size": 32, "in_channels": 4, "num_classes": (len(WIKIART_GENRES), len(WIKIART_STYLES)),
+    "learn_sigma": False, "norm": "post", "pos_embed": "learned", "final_layer": "linear",
+}
+for _size, (_depth, _width, _heads) in {"S": (8, 384, 6), "B": (12, 640, 10), "L": (16, 896, 14)}.items():
+    MODEL_PRESETS[f"DiT-WikiArt-{_size}"] = {"depth": _depth, "hidden_size": _width, "num_heads": _heads, **_WIKIART}
+
+# Label names a preset comes with: one list per attribute.
+PRESET_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
+    name: {"genre": WIKIART_GENRES, "style": WIKIART_STYLES} for name in MODEL_PRESETS if "WikiArt" in name
+}
+
 
 def suggest(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> str:
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.3)
@@ -37,34 +64,43 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}; valid options: {sorted(fields - {'name'})}")
-    return ModelConfig(**{**MODEL_PRESETS[name], "name": name, **overrides})
+    values = {**MODEL_PRESETS[name], "name": name, **overrides}
+    # Blocks without adaLN get a plain final layer unless asked otherwise: conditioning then enters only
+    # through the design under study (extra tokens or cross-attention).
+    if values.get("block") in ("in-context", "cross-attention") and "final_layer" not in overrides:
+        values["final_layer"] = "norm"
+    return ModelConfig(**values)
 
 
 def create_model(
     name: str,
     *,
-    input_size: int = 32,
-    in_channels: int = 4,
-    num_classes: int = 1000,
-    learn_sigma: bool = True,
-    class_dropout_prob: float = 0.1,
+    input_size: int | None = None,
+    in_channels: int | None = None,
+    num_classes: int | tuple[int, ...] | None = None,
+    learn_sigma: bool | None = None,
+    class_dropout_prob: float | None = None,
+    block: str | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     **overrides: Any,
 ) -> DiT:
     """Build a DiT by preset name, e.g. `create_model("DiT-XL/2")` (official init: outputs exactly zero).
 
-    `device="meta"` builds a weightless skeleton (for shapes and parameter counts, or `to_empty` later).
+    Unset arguments take the preset's value, else the official default (input_size 32, in_channels 4,
+    num_classes 1000, learn_sigma True, class_dropout_prob 0.1, block "adaln-zero"). `block` is one of the
+    paper's designs: "adaln-zero", "adaln", "cross-attention", "in-context". `device="meta"` builds a
+    weightless skeleton (for shapes and parameter counts, or `to_empty` + `initialize_weights` later).
     """
-    config = model_config(
-        name,
-        input_size=input_size,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        learn_sigma=learn_sigma,
-        class_dropout_prob=class_dropout_prob,
-        **overrides,
-    )
+    given = {
+        "input_size": input_size,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "learn_sigma": learn_sigma,
+        "class_dropout_prob": class_dropout_prob,
+        "block": block,
+    }
+    config = model_config(name, **{k: v for k, v in given.items() if v is not None}, **overrides)
     return build_model(config, device=device, dtype=dtype)
 
 

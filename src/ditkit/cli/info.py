@@ -12,6 +12,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=None, help="latent/pixel side (default 32)")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default 4)")
     p.add_argument("--num-classes", type=int, default=None, help="label classes (default 1000)")
+    p.add_argument(
+        "--block",
+        default=None,
+        help="block design: adaln-zero (default), adaln, cross-attention, in-context (DiT paper §3.2)",
+    )
     p.set_defaults(run=run)
 
 
@@ -30,16 +35,29 @@ def run(args: argparse.Namespace) -> int:
         return 0
     overrides = {
         k: v
-        for k, v in (("input_size", args.input_size), ("in_channels", args.in_channels), ("num_classes", args.num_classes))
+        for k, v in (
+            ("input_size", args.input_size),
+            ("in_channels", args.in_channels),
+            ("num_classes", args.num_classes),
+            ("block", args.block),
+        )
         if v is not None
     }
     model = create_model(args.name, device="meta", **overrides)  # no memory, no init
     c = model.config
     print(f"model            {args.name}")
     print(f"depth / width    {c.depth} / {c.hidden_size} ({c.num_heads} heads, patch {c.patch_size})")
+    print(f"block            {c.block}, {c.norm}-norm, {c.pos_embed} position embedding, final layer {c.final_layer}")
     print(f"input            {c.in_channels}x{c.input_size}x{c.input_size} -> {c.num_tokens} tokens")
     print(f"output channels  {c.out_channels}" + (" (eps + learned variance)" if c.learn_sigma else " (eps)"))
-    print(f"classes          {c.num_classes}" + (" + null" if c.has_null_label else ""))
-    print(f"parameters       {model.num_parameters():,} trainable + {model.pos_embed.numel():,} fixed pos-embed")
+    if c.cond_dim:
+        print(f"condition        {c.cond_dim}-wide embedding" + (" + learned null" if c.has_null_label else ""))
+    else:
+        sizes = " x ".join(str(n) for n in c.label_sizes) or "none (unconditional)"
+        print(f"classes          {sizes}" + (" (+ null per attribute)" if c.has_null_label else ""))
+    if c.pos_embed == "sincos":
+        print(f"parameters       {model.num_parameters():,} trainable + {model.pos_embed.numel():,} fixed pos-embed")
+    else:
+        print(f"parameters       {model.num_parameters():,} trainable (learned pos-embed included)")
     print(f"Gflops           {forward_flops(c) / 1e9:.2f} (forward multiply-accumulates per image)")
     return 0

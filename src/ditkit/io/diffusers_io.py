@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..models import DiT, ModelConfig
-from .layouts import cast_state, diffusers_to_official, official_to_diffusers
+from .layouts import cast_state, diffusers_to_official, official_to_diffusers, require_official_layout
 from .native import atomic_write, read_safetensors, safe_torch_load
 
 TRANSFORMER_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
@@ -140,6 +140,7 @@ def config_from_diffusers(cfg: dict[str, Any], mlp_rows: int | None, where: str)
 
 def diffusers_config(config: ModelConfig) -> dict[str, Any]:
     """The config.json of the DiTTransformer2DModel equivalent to a ditkit ModelConfig."""
+    require_official_layout(config, "diffusers' DiTTransformer2DModel")
     if config.mlp_ratio != 4.0:
         raise ValueError(
             f"diffusers' DiTTransformer2DModel has a fixed MLP ratio of 4; this model has {config.mlp_ratio}"

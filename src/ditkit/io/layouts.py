@@ -105,6 +105,24 @@ def diffusers_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def require_official_layout(config: ModelConfig, target: str) -> None:
+    """Official and diffusers files hold the paper's adaLN-Zero DiT with one class label and nothing else."""
+    official = getattr(config, "is_official_layout", True)
+    if not official:
+        raise ValueError(
+            f"this model ({_describe_variant(config)}) has no {target} equivalent: only the official adaLN-Zero "
+            "DiT with sin-cos positions and a single class label converts; save it as ditkit safetensors instead"
+        )
+
+
+def _describe_variant(config: ModelConfig) -> str:
+    fields = (("block", "adaln-zero"), ("norm", "pre"), ("pos_embed", "sincos"), ("final_layer", "adaln"), ("cond_dim", 0))
+    parts = [f"{k}={getattr(config, k)!r}" for k, default in fields if getattr(config, k, default) != default]
+    if isinstance(config.num_classes, tuple):
+        parts.append(f"num_classes={config.num_classes}")
+    return ", ".join(parts) or "a non-official variant"
+
+
 # -- recognising layouts ----------------------------------------------------------------------------
 def strip_wrapper_prefix(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str | None]:
     """Drop a prefix every key shares (DDP's `module.`, torch.compile's `_orig_mod.`)."""
@@ -251,6 +269,7 @@ def official_to_diffusers(state: Mapping[str, torch.Tensor], config: ModelConfig
     without label dropout) gets an all-zero one, and an unconditional model a single zero row: diffusers
     always adds a label embedding, and adding zero is the identity.
     """
+    require_official_layout(config, "diffusers")
     check_state(state, official_shapes(config), "official state dict")
     take = _Taker(state, "official state dict")
     take("pos_embed")  # a fixed function of the config; diffusers recomputes it

@@ -44,6 +44,7 @@ from .layouts import (
     is_diffusers_layout,
     is_official_layout,
     official_shapes,
+    require_official_layout,
     strip_wrapper_prefix,
 )
 from .native import (
@@ -89,7 +90,8 @@ class LoadedModel:
 
     @property
     def label_names(self) -> list[str] | None:
-        return names_from_id2label(self.id2label, self.model.config.num_classes)
+        n = self.model.config.num_classes
+        return names_from_id2label(self.id2label, n) if isinstance(n, int) else None
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -133,6 +135,24 @@ def _is_safetensors(path: Path) -> bool:
         return False
     (n,) = struct.unpack("<Q", head[:8])
     return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
+
+
+def _torch_load(path: Path) -> Any:
+    """safe_torch_load (weights_only) with argparse.Namespace allowed, and one-line errors for any junk."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive; legacy torch files and plain pickles start with the PROTO opcode.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ValueError(f"{path}: not a readable checkpoint (neither a PyTorch file nor safetensors)")
+    try:
+        with _allow_namespace():
+            return safe_torch_load(path)
+    except (ValueError, FileNotFoundError, IsADirectoryError):
+        raise
+    except Exception as err:  # the weights_only unpickler raises KeyError/IndexError/... on garbage
+        raise ValueError(
+            f"{path}: not a readable checkpoint (corrupt or truncated): {type(err).__name__} {err}"[:300]
+        ) from None
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:
@@ -184,8 +204,7 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
         model = _load_official_state(state, path, "official-state-dict", num_heads, notes)
         return LoadedModel(model, "official-state-dict", path, has_ema=None, notes=notes)
 
-    with _allow_namespace():
-        obj = safe_torch_load(path)
+    obj = _torch_load(path)
     if is_ditkit_checkpoint(obj):
         has_ema = obj.get("ema") is not None
         if use_ema and not has_ema:
@@ -216,11 +235,17 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
 
 
 def _labels(names: Any) -> dict[int, str] | None:
+    """Label names as stored by ditkit files -> id2label; None for absent or per-attribute (nested) names."""
     if names is None:
         return None
     if isinstance(names, dict):
-        return normalize_id2label(names)
-    return dict(enumerate(str(n) for n in names))
+        try:
+            return normalize_id2label(names)
+        except ValueError:
+            return None
+    if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+        return dict(enumerate(names))
+    return None
 
 
 # -- folders -----------------------------------------------------------------------------------------
@@ -328,6 +353,7 @@ def load_model(path: str | os.PathLike, *, use_ema: bool = True, arithmetic: str
 # -- writing -----------------------------------------------------------------------------------------
 def save_official(model: DiT, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
     """A bare state dict with the official keys (what DiT's `find_model` and `sample.py` load)."""
+    require_official_layout(model.config, "official DiT")
     state = {k: v.clone() for k, v in cast_state(model.state_dict(), dtype).items()}
     return atomic_torch_save(state, path)
 

@@ -52,13 +52,21 @@ def save_ditkit_pipeline(
 ) -> Path:
     """Write a ditkit pipeline folder. `vae` is a VAE folder path, a VAECodec, an AutoencoderKL or None
     (pixel space); `extra` is any JSON-serialisable dict (e.g. sampler defaults) returned by the reader."""
+    from ..codecs import IdentityCodec
+
+    if isinstance(vae, IdentityCodec):
+        vae = None  # pixel space: nothing to store
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     labels = normalize_id2label(id2label) if id2label is not None else None
     save_safetensors(
         model,
         folder / TRANSFORMER_FILE,
-        label_names=names_from_id2label(labels, model.config.num_classes) if labels else None,
+        label_names=(
+            names_from_id2label(labels, model.config.num_classes)
+            if labels and isinstance(model.config.num_classes, int)
+            else None
+        ),
         dtype=dtype,
     )
     if vae is not None:

@@ -10,8 +10,15 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .embed import LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_pos_embed_2d
-from .layers import DiTBlock, FinalLayer
+from .embed import (
+    LabelEmbedder,
+    MultiLabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    VectorEmbedder,
+    sincos_pos_embed_2d,
+)
+from .layers import CrossAttentionBlock, DiTBlock, FinalLayer, ViTBlock
 
 
 class DiT(nn.Module):
@@ -22,17 +29,34 @@ class DiT(nn.Module):
         diffusers_math = config.arithmetic == "diffusers"
         self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
         self.t_embedder = TimestepEmbedder(d, freq_shift=1 if diffusers_math else 0)
-        self.y_embedder = (
-            LabelEmbedder(config.num_classes, d, config.has_null_label) if config.num_classes > 0 else None
-        )
-        # Fixed sin-cos embedding: a persistent buffer, so it is saved (official key `pos_embed`) but is
-        # never trained, decayed or averaged by EMA.
-        self.register_buffer("pos_embed", torch.zeros(1, config.num_tokens, d), persistent=True)
-        self.blocks = nn.ModuleList(
-            DiTBlock(d, config.num_heads, config.mlp_ratio, mlp_norm_eps=1e-5 if diffusers_math else 1e-6)
-            for _ in range(config.depth)
-        )
-        self.final_layer = FinalLayer(d, config.patch_size, config.out_channels)
+        self.y_embedder: nn.Module | None = None
+        if config.cond_dim:
+            self.y_embedder = VectorEmbedder(config.cond_dim, d)
+        elif config.multi_label:
+            self.y_embedder = MultiLabelEmbedder(config.label_sizes, d, config.has_null_label)
+        elif config.label_sizes:
+            self.y_embedder = LabelEmbedder(config.num_classes, d, config.has_null_label)
+        if config.pos_embed == "sincos":
+            # Fixed sin-cos embedding: a persistent buffer, so it is saved (official key `pos_embed`) but is
+            # never trained, decayed or averaged by EMA.
+            self.register_buffer("pos_embed", torch.zeros(1, config.num_tokens, d), persistent=True)
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, d))
+        post = config.norm == "post"
+        if config.block in ("adaln-zero", "adaln"):
+            eps = 1e-5 if diffusers_math else 1e-6
+            blocks = [
+                DiTBlock(d, config.num_heads, config.mlp_ratio, eps, gated=config.block == "adaln-zero", post_norm=post)
+                for _ in range(config.depth)
+            ]
+        elif config.block == "in-context":
+            blocks = [ViTBlock(d, config.num_heads, config.mlp_ratio, post_norm=post) for _ in range(config.depth)]
+        else:
+            blocks = [
+                CrossAttentionBlock(d, config.num_heads, config.mlp_ratio, post_norm=post) for _ in range(config.depth)
+            ]
+        self.blocks = nn.ModuleList(blocks)
+        self.final_layer = FinalLayer(d, config.patch_size, config.out_channels, kind=config.final_layer)
         self.initialize_weights()
 
     # -- initialisation -----------------------------------------------------------------------------
@@ -44,23 +68,39 @@ class DiT(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
         self.reset_pos_embed()
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
-        if self.y_embedder is not None:
+        if isinstance(self.y_embedder, LabelEmbedder):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        elif isinstance(self.y_embedder, MultiLabelEmbedder):
+            for table in self.y_embedder.tables:
+                nn.init.normal_(table.weight, std=0.02)
+        elif isinstance(self.y_embedder, VectorEmbedder):
+            nn.init.normal_(self.y_embedder.null_embedding, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+        if self.config.block == "adaln-zero":  # each block starts as the identity (pre-norm)
+            for block in self.blocks:
+                nn.init.zeros_(block.adaLN_modulation[-1].weight)
+                nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        final = [self.final_layer.linear]
+        if self.config.final_layer == "adaln":
+            final.append(self.final_layer.adaLN_modulation[-1])
+        for layer in final:  # the model outputs exactly zero at init, whatever the block design
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     @torch.no_grad()
     def reset_pos_embed(self) -> None:
+        if self.config.pos_embed == "learned":
+            if not self.pos_embed.is_meta:
+                nn.init.normal_(self.pos_embed, std=0.02)
+            return
         grid = self.config.input_size // self.config.patch_size
         table = torch.from_numpy(sincos_pos_embed_2d(self.config.hidden_size, grid)).float().unsqueeze(0)
         if self.pos_embed.is_meta:
@@ -95,24 +135,37 @@ class DiT(nn.Module):
         if self.y_embedder is None:
             if y is not None:
                 raise ValueError("this model is unconditional (num_classes=0); call it without labels")
+        elif cfg.cond_dim:
+            if y is None or y.shape != (n, cfg.cond_dim) or not y.dtype.is_floating_point:
+                got = "nothing" if y is None else f"{tuple(y.shape)} {y.dtype}"
+                raise ValueError(
+                    f"this model is conditioned on {cfg.cond_dim}-wide embeddings: pass y as a float tensor "
+                    f"({n}, {cfg.cond_dim}) (all zeros = null), got {got}"
+                )
         else:
+            sizes = cfg.label_sizes
+            want = f"({n},)" if not cfg.multi_label else f"({n}, {len(sizes)})"
             if y is None:
-                raise ValueError(f"this model is class-conditional; pass y, {n} labels in [0, {cfg.num_classes}]")
-            if y.shape != (n,):
-                raise ValueError(f"y has shape {tuple(y.shape)}; expected ({n},), one label per image")
+                raise ValueError(f"this model is class-conditional; pass y, labels of shape {want}")
+            if y.shape != ((n,) if not cfg.multi_label else (n, len(sizes))):
+                raise ValueError(f"y has shape {tuple(y.shape)}; expected {want}, one label per image"
+                                 + (" and attribute" if cfg.multi_label else ""))
             if y.dtype.is_floating_point:
                 raise ValueError("y holds labels and must be an integer tensor")
             # A range check costs a device sync on accelerators, so it runs where it is free (CPU); on GPU an
             # out-of-range label still fails inside the embedding.
             if y.device.type == "cpu" and n and not torch.compiler.is_compiling():
-                top = cfg.num_classes if cfg.has_null_label else cfg.num_classes - 1
-                lo, hi = int(y.min()), int(y.max())
-                if lo < 0 or hi > top:
-                    bad = lo if lo < 0 else hi
-                    raise ValueError(
-                        f"label {bad} is out of range; valid labels are 0..{cfg.num_classes - 1}"
-                        + (f" and {cfg.num_classes} (null)" if cfg.has_null_label else "")
-                    )
+                cols = y.view(n, -1)
+                for k, size in enumerate(sizes):
+                    top = size if cfg.has_null_label else size - 1
+                    lo, hi = int(cols[:, k].min()), int(cols[:, k].max())
+                    if lo < 0 or hi > top:
+                        bad = lo if lo < 0 else hi
+                        where = f" for attribute {k}" if cfg.multi_label else ""
+                        raise ValueError(
+                            f"label {bad} is out of range{where}; valid labels are 0..{size - 1}"
+                            + (f" and {size} (null)" if cfg.has_null_label else "")
+                        )
         return t
 
     # -- forward ------------------------------------------------------------------------------------
@@ -125,12 +178,27 @@ class DiT(nn.Module):
         t = self._check_inputs(x, t, y)
         x = x.to(self.pos_embed.dtype)
         h = self.x_embedder(x) + self.pos_embed  # (N, T, D)
-        c = self.t_embedder(t)  # (N, D)
-        if self.y_embedder is not None:
-            c = c + self.y_embedder(y)
-        c_act = torch.nn.functional.silu(c)  # shared by every adaLN projection
-        for block in self.blocks:
-            h = block(h, c_act)  # (N, T, D)
+        t_emb = self.t_embedder(t)  # (N, D)
+        y_emb = self.y_embedder(y) if self.y_embedder is not None else None  # (N, D)
+        block = self.config.block
+        c_act = None
+        if block in ("adaln-zero", "adaln") or self.config.final_layer == "adaln":
+            c = t_emb if y_emb is None else t_emb + y_emb
+            c_act = torch.nn.functional.silu(c)  # shared by every adaLN projection
+        if block in ("adaln-zero", "adaln"):
+            for blk in self.blocks:
+                h = blk(h, c_act)  # (N, T, D)
+        else:
+            context = torch.stack([t_emb] if y_emb is None else [t_emb, y_emb], dim=1)  # (N, 1 or 2, D)
+            if block == "in-context":
+                num_tokens = h.shape[1]
+                h = torch.cat([h, context], dim=1)  # t and c as extra tokens
+                for blk in self.blocks:
+                    h = blk(h)
+                h = h[:, :num_tokens]
+            else:
+                for blk in self.blocks:
+                    h = blk(h, context)
         return self.unpatchify(self.final_layer(h, c_act))  # (N, C_out, H, W)
 
     # -- accounting ---------------------------------------------------------------------------------
@@ -141,12 +209,31 @@ class DiT(nn.Module):
 def forward_flops(config: ModelConfig) -> int:
     """Forward multiply-accumulates per image, as the DiT paper counts 'Gflops'.
 
-    Every matmul is counted once per output element times its reduction length; attention adds QK^T and
-    AV (2 T^2 D per block). Norms, activations and softmax are not counted.
+    Every matmul counts its output elements times its reduction length; attention adds QK^T and AV; each
+    adaLN modulation x * (1 + scale) + shift counts one multiply-accumulate per element. Norms, activations,
+    softmax and residual sums are not counted. This reproduces 11 of the 12 entries of the paper's Table 4
+    to the published digits (B/4: 5.57 vs 5.56) and the block-design figures of §3.2 (in-context 119.4,
+    cross-attention 137.6, adaLN 118.6, adaLN-Zero 118.6 for XL/2).
     """
     d, t, p = config.hidden_size, config.num_tokens, config.patch_size
     mlp = int(d * config.mlp_ratio)
-    per_block = t * (3 * d * d + d * d + 2 * d * mlp) + 2 * t * t * d + 6 * d * d
+    n_ctx = 1 + int(config.conditional)  # the t (and c) vectors
     embed = t * p * p * config.in_channels * d + 256 * d + d * d
-    head = 2 * d * d + t * d * p * p * config.out_channels
+    if config.cond_dim:
+        embed += config.cond_dim * d + d * d
+    head = t * d * p * p * config.out_channels
+    if config.final_layer == "adaln":
+        head += 2 * d * d + t * d
+
+    def body(tokens: int) -> int:  # projections, MLP and self-attention over `tokens`
+        return tokens * (4 * d * d + 2 * d * mlp) + 2 * tokens * tokens * d
+
+    if config.block == "adaln-zero":
+        per_block = body(t) + 6 * d * d + 2 * t * d
+    elif config.block == "adaln":
+        per_block = body(t) + 4 * d * d + 2 * t * d
+    elif config.block == "in-context":
+        per_block = body(t + n_ctx)
+    else:  # cross-attention: q and out-projection over the image tokens, k/v over the context
+        per_block = body(t) + 2 * t * d * d + n_ctx * 2 * d * d + 2 * t * n_ctx * d
     return config.depth * per_block + embed + head

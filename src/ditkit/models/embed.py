@@ -84,14 +84,70 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(y)
 
 
+class MultiLabelEmbedder(nn.Module):
+    """One table per attribute (e.g. genre, style), each with its own null row at index n_k; the attribute
+    embeddings are summed into one conditioning vector. y is (N, K)."""
+
+    def __init__(self, sizes: tuple[int, ...], hidden_size: int, with_null: bool) -> None:
+        super().__init__()
+        self.sizes = sizes
+        self.tables = nn.ModuleList(nn.Embedding(n + int(with_null), hidden_size) for n in sizes)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        out = self.tables[0](y[:, 0])
+        for k in range(1, len(self.tables)):
+            out = out + self.tables[k](y[:, k])
+        return out
+
+
+class VectorEmbedder(nn.Module):
+    """Projects a condition vector (an image or text embedding of width cond_dim) to the model width.
+
+    An all-zero row is the null condition and maps to a learned null embedding (used for guidance and label
+    dropout): real CLIP/CLOOB-style embeddings are normalised, so they are never exactly zero.
+    """
+
+    def __init__(self, cond_dim: int, hidden_size: int) -> None:
+        super().__init__()
+        self.cond_dim = cond_dim
+        self.mlp = nn.Sequential(nn.Linear(cond_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.null_embedding = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        y = y.to(self.mlp[0].weight.dtype)
+        is_null = (y == 0).all(dim=1, keepdim=True)  # (N, 1)
+        return torch.where(is_null, self.null_embedding.expand(y.shape[0], -1), self.mlp(y))
+
+
 def drop_labels(
-    y: torch.Tensor, prob: float, null_label: int, generator: torch.Generator | None = None
+    y: torch.Tensor,
+    prob: float,
+    null_label: int | float | tuple[int, ...],
+    generator: torch.Generator | None = None,
+    *,
+    attribute_prob: float = 0.0,
 ) -> torch.Tensor:
-    """Replace each label by `null_label` with probability `prob` (classifier-free guidance training)."""
-    if prob <= 0:
+    """Classifier-free-guidance dropout: replace a sample's condition by the null with probability `prob`.
+
+    `y` is (N,) class ids, (N, K) multi-attribute ids (`null_label` a tuple: every attribute is nulled
+    together, and with `attribute_prob` > 0 each attribute is also nulled on its own, so guidance works on any
+    subset of attributes), or (N, D) float embeddings (`null_label` 0: the row becomes all zeros).
+    """
+    if prob <= 0 and attribute_prob <= 0:
         return y
-    u = torch.rand(y.shape[0], generator=generator, device="cpu" if generator is None else generator.device)
-    drop = (u < prob).to(y.device)
+    gen_device = "cpu" if generator is None else generator.device
+    n = y.shape[0]
+    drop = (torch.rand(n, generator=generator, device=gen_device) < prob).to(y.device)
+    if isinstance(null_label, tuple):
+        k = len(null_label)
+        if y.ndim != 2 or y.shape[1] != k:
+            raise ValueError(f"labels have shape {tuple(y.shape)}; expected (N, {k}) for {k} attributes")
+        nulls = torch.tensor(null_label, dtype=y.dtype, device=y.device).expand(n, k)
+        mask = drop[:, None].expand(n, k)
+        if attribute_prob > 0:
+            per_attr = torch.rand(n, k, generator=generator, device=gen_device) < attribute_prob
+            mask = mask | per_attr.to(y.device)
+        return torch.where(mask, nulls, y)
     if y.ndim > 1:
         drop = drop.view(-1, *([1] * (y.ndim - 1)))
     return torch.where(drop, torch.full_like(y, null_label), y)
