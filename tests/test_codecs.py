@@ -124,7 +124,9 @@ def test_bad_vae_folders(tmp_path, vae_dir):
 
 
 def test_codec_compatibility_checks(tmp_path, vae_dir):
-    model = ditkit.build_model(ditkit.ModelConfig(depth=1, hidden_size=32, num_heads=2, input_size=8, num_classes=10))
+    model = ditkit.build_model(
+        ditkit.ModelConfig(depth=1, hidden_size=32, num_heads=2, input_size=8, num_classes=10)
+    )
     codec = VAECodec.from_pretrained(vae_dir)
     check_codec_compat(model, codec, image_size=16)
     with pytest.raises(ValueError, match=r"image size 32 does not fit .* 8x8 latents, i.e. 16x16 images"):

@@ -130,7 +130,9 @@ def test_legacy_class_name_and_bin_weights(tmp_path):
     (tmp_path / "bin" / "config.json").write_text(json.dumps(config))
     loaded = load_any(tmp_path / "bin")
     x, t, y = inputs()
-    torch.testing.assert_close(ditkit_forward(loaded.model, x, t, y), diffusers_forward(ref, x, t, y), rtol=0, atol=ATOL)
+    torch.testing.assert_close(
+        ditkit_forward(loaded.model, x, t, y), diffusers_forward(ref, x, t, y), rtol=0, atol=ATOL
+    )
 
 
 def test_untied_per_block_embedders_are_refused(tmp_path):
@@ -164,10 +166,14 @@ def test_diffusers_pipeline_folder(tmp_path):
     assert loaded.vae_path == folder / "vae"
     assert loaded.extra["scheduler_config"]["_class_name"] == "DDIMScheduler"
     x, t, y = inputs()
-    torch.testing.assert_close(ditkit_forward(loaded.model, x, t, y), diffusers_forward(ref, x, t, y), rtol=0, atol=ATOL)
+    torch.testing.assert_close(
+        ditkit_forward(loaded.model, x, t, y), diffusers_forward(ref, x, t, y), rtol=0, atol=ATOL
+    )
     # the transformer/ subfolder alone finds its pipeline's labels and VAE
     sub = load_any(folder / "transformer")
-    assert sub.format == "diffusers-transformer" and sub.vae_path == folder / "vae" and sub.id2label[1] == "one"
+    assert (
+        sub.format == "diffusers-transformer" and sub.vae_path == folder / "vae" and sub.id2label[1] == "one"
+    )
 
 
 def test_diffusers_folders_missing_a_part(tmp_path):
@@ -206,7 +212,9 @@ def test_diffusers_folders_missing_a_part(tmp_path):
 # -- writing diffusers folders ------------------------------------------------------------------------
 # Official files do not store the head count; readers assume head_dim 64 (72 at width 1152), so an
 # official-origin model follows that convention.
-OFFICIAL = ditkit.ModelConfig(depth=2, hidden_size=128, num_heads=2, patch_size=2, input_size=8, num_classes=10)
+OFFICIAL = ditkit.ModelConfig(
+    depth=2, hidden_size=128, num_heads=2, patch_size=2, input_size=8, num_classes=10
+)
 
 
 def official_origin_model(num_classes: int = 10) -> ditkit.DiT:
@@ -235,7 +243,9 @@ def test_official_to_diffusers_round_trip_is_bit_exact(tmp_path):
     want = diffusers_forward(ref.eval(), x, t, y)
     # same weights, diffusers arithmetic: ditkit reproduces diffusers
     torch.testing.assert_close(ditkit_forward(back.model, x, t, y), want, rtol=0, atol=ATOL)
-    torch.testing.assert_close(ditkit_forward(set_arithmetic(model, "diffusers"), x, t, y), want, rtol=0, atol=ATOL)
+    torch.testing.assert_close(
+        ditkit_forward(set_arithmetic(model, "diffusers"), x, t, y), want, rtol=0, atol=ATOL
+    )
     # the official arithmetic (the model's own) differs from what diffusers computes: asserted, not bounded
     assert (ditkit_forward(model, x, t, y) - want).abs().max() > 1e-3
     # and switching back gives the original model's outputs exactly
@@ -253,7 +263,10 @@ def test_models_without_null_row_or_labels_export(tmp_path):
     x, t, y = inputs()
     y = y.clamp(max=9)
     torch.testing.assert_close(
-        diffusers_forward(ref, x, t, y), ditkit_forward(set_arithmetic(nonull, "diffusers"), x, t, y), rtol=0, atol=ATOL
+        diffusers_forward(ref, x, t, y),
+        ditkit_forward(set_arithmetic(nonull, "diffusers"), x, t, y),
+        rtol=0,
+        atol=ATOL,
     )
     uncond = ditkit.build_model(TINY.replace(num_classes=0, learn_sigma=False))
     randomize(uncond)
@@ -263,7 +276,9 @@ def test_models_without_null_row_or_labels_export(tmp_path):
     null = torch.zeros(4, dtype=torch.long)  # diffusers always takes a label: the (zero) null row
     back = load_any(tmp_path / "d2").model
     assert back.config.num_classes == 0
-    torch.testing.assert_close(diffusers_forward(ref, x, t, null), ditkit_forward(back, x, t, None), rtol=0, atol=ATOL)
+    torch.testing.assert_close(
+        diffusers_forward(ref, x, t, null), ditkit_forward(back, x, t, None), rtol=0, atol=ATOL
+    )
 
 
 def test_dtype_cast_on_export(tmp_path):
@@ -287,7 +302,13 @@ def test_pipeline_export_loads_in_diffusers(tmp_path):
     pipe = diffusers.DiTPipeline.from_pretrained(tmp_path / "pipe")
     assert isinstance(pipe.scheduler, diffusers.DDIMScheduler)
     s = pipe.scheduler.config
-    assert (s.num_train_timesteps, s.beta_schedule, s.clip_sample, s.beta_start, s.beta_end) == (1000, "linear", False, 0.0001, 0.02)
+    assert (s.num_train_timesteps, s.beta_schedule, s.clip_sample, s.beta_start, s.beta_end) == (
+        1000,
+        "linear",
+        False,
+        0.0001,
+        0.02,
+    )
     assert pipe.get_label_ids(["golden retriever"]) == [207]  # ImageNet names, in model_index.json
     assert pipe.vae.config.latent_channels == 4
     # ditkit reads its own export back, and a ditkit pipeline folder carries the VAE along
@@ -304,8 +325,24 @@ def test_pipeline_export_checks_vae_channels(tmp_path):
     save_official(model, tmp_path / "dit.pt")
     torch.manual_seed(0)
     diffusers.AutoencoderKL(
-        block_out_channels=(8,), latent_channels=3, norm_num_groups=4, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,),
+        latent_channels=3,
+        norm_num_groups=4,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
     ).save_pretrained(tmp_path / "vae3")
     with pytest.raises(ValueError, match="has 3 latent channels but the model expects 4"):
         convert(tmp_path / "dit.pt", tmp_path / "pipe", to="diffusers", pipeline=True, vae=tmp_path / "vae3")
+
+
+def test_transformer_export_keeps_custom_class_names(tmp_path):
+    model = official_origin_model()
+    names = [f"style {i}" for i in range(10)]
+    ditkit.io.save_safetensors(model, tmp_path / "w.safetensors", label_names=names)
+    result = convert(tmp_path / "w.safetensors", tmp_path / "diff", to="diffusers")
+    assert load_any(tmp_path / "diff").label_names == names
+    _, info = diffusers.DiTTransformer2DModel.from_pretrained(tmp_path / "diff", output_loading_info=True)
+    assert not any(info.values())
+    result = convert(tmp_path / "w.safetensors", tmp_path / "w.pt", to="official")
+    assert any("10 label names not written" in n for n in result.notes)

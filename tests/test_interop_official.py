@@ -74,7 +74,12 @@ def test_config_inference_for_the_published_models():
     for name, heads in (("DiT-XL/2", 16), ("DiT-B/4", 12), ("DiT-S/8", 6)):
         state = ditkit.create_model(name, device="meta").state_dict()
         config, notes = infer_official_config(state)
-        assert (config.name, config.num_heads, config.input_size, config.num_classes) == (name, heads, 32, 1000)
+        assert (config.name, config.num_heads, config.input_size, config.num_classes) == (
+            name,
+            heads,
+            32,
+            1000,
+        )
     state = ditkit.create_model("DiT-XL/2", input_size=64, device="meta").state_dict()  # the 512px model
     assert infer_official_config(state)[0].input_size == 64
     unconditional = ditkit.build_model(TINY.replace(num_classes=0, learn_sigma=False), device="meta")
@@ -85,7 +90,12 @@ def test_config_inference_for_the_published_models():
 def test_official_train_checkpoint_uses_ema_and_allows_only_namespace(tmp_path):
     model, ema = random_model(seed=0), random_model(seed=1)
     args = argparse.Namespace(model="DiT-XL/2", image_size=64, num_classes=10, global_seed=0)
-    ckpt = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": {"state": {}, "param_groups": []}, "args": args}
+    ckpt = {
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "opt": {"state": {}, "param_groups": []},
+        "args": args,
+    }
     torch.save(ckpt, tmp_path / "0050000.pt")
     loaded = load_any(tmp_path / "0050000.pt")
     assert loaded.format == "official-train" and loaded.has_ema is True
@@ -215,7 +225,9 @@ def test_shape_mismatches_and_missing_keys_are_named(tmp_path):
     broken = dict(state)
     broken["blocks.1.mlp.fc2.weight"] = torch.zeros(64, 100)
     torch.save(broken, tmp_path / "shape.pt")
-    with pytest.raises(ValueError, match=r"blocks.1.mlp.fc2.weight has shape \(64, 100\), expected \(64, 256\)"):
+    with pytest.raises(
+        ValueError, match=r"blocks.1.mlp.fc2.weight has shape \(64, 100\), expected \(64, 256\)"
+    ):
         load_any(tmp_path / "shape.pt")
     missing = {k: v for k, v in state.items() if k != "blocks.0.attn.proj.bias"}
     torch.save(missing, tmp_path / "missing.pt")
@@ -238,7 +250,9 @@ def test_converters_consume_every_key():
     dstate = official_to_diffusers(state, TINY)
     cfg = TINY.replace(arithmetic="diffusers")
     with pytest.raises(ValueError, match="unexpected 1 key.*transformer_blocks.0.attn1.norm_q.weight"):
-        diffusers_to_official({**dstate, "transformer_blocks.0.attn1.norm_q.weight": torch.ones(64)}, cfg, "folder")
+        diffusers_to_official(
+            {**dstate, "transformer_blocks.0.attn1.norm_q.weight": torch.ones(64)}, cfg, "folder"
+        )
     short = {k: v for k, v in dstate.items() if k != "proj_out_2.bias"}
     with pytest.raises(ValueError, match="missing 1 key.*proj_out_2.bias"):
         diffusers_to_official(short, cfg, "folder")

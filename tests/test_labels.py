@@ -59,7 +59,10 @@ def test_shared_synonyms_prefer_the_class_they_name_first():
 
 def test_unknown_names_suggest_the_closest():
     labels = LabelMap.imagenet()
-    with pytest.raises(ValueError, match=r"unknown class name 'golden retreiver'; closest valid names: 'golden retriever' \(207\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown class name 'golden retreiver'; closest valid names: 'golden retriever' \(207\)",
+    ):
         labels.ids(["golden retreiver"])
     with pytest.raises(ValueError, match="out of range; valid ids are 0..999"):
         labels.id("1000")

@@ -61,7 +61,9 @@ def find_vae_folder(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such VAE folder")
     if not path.is_dir():
-        raise ValueError(f"{path}: a VAE must be a folder (config.json + diffusion_pytorch_model.*), not a file")
+        raise ValueError(
+            f"{path}: a VAE must be a folder (config.json + diffusion_pytorch_model.*), not a file"
+        )
     if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
         path = path / "vae"  # a diffusers or ditkit pipeline folder
     config_file = path / "config.json"
@@ -107,9 +109,7 @@ class VAECodec:
         try:
             from diffusers import AutoencoderKL
         except ImportError:  # pragma: no cover - diffusers is a test dependency
-            raise ValueError(
-                "the VAE codec needs diffusers: pip install 'ditkit[diffusers]'"
-            ) from None
+            raise ValueError("the VAE codec needs diffusers: pip install 'ditkit[diffusers]'") from None
         try:
             vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
         except Exception as err:  # diffusers raises many types; the CLI wants one line naming the file
@@ -172,7 +172,9 @@ class VAECodec:
         if not sample:
             return mean * self.scaling_factor
         gen_device = generator.device if generator is not None else mean.device
-        eps = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=mean.dtype).to(mean.device)
+        eps = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=mean.dtype).to(
+            mean.device
+        )
         return (mean + std * eps) * self.scaling_factor
 
     def encode(

@@ -55,7 +55,9 @@ def id2label_from_names(names: Iterable[str] | None) -> dict[int, str] | None:
     return None if names is None else dict(enumerate(names))
 
 
-def names_from_id2label(id2label: Mapping[int, str] | None, num_classes: int | None = None) -> list[str] | None:
+def names_from_id2label(
+    id2label: Mapping[int, str] | None, num_classes: int | None = None
+) -> list[str] | None:
     """The inverse of `id2label_from_names`; None unless the map covers ids 0..n-1 exactly."""
     if id2label is None:
         return None

@@ -14,9 +14,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a diffusers transformer or pipeline folder, or any ditkit file or pipeline folder.",
     )
     p.add_argument("input", metavar="IN", help="model file or folder")
-    p.add_argument("output", metavar="OUT", help="output file (official: .pt, safetensors) or folder (diffusers)")
-    p.add_argument("--to", required=True, choices=["official", "diffusers", "safetensors"], help="output format")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast weights (default: keep)")
+    p.add_argument(
+        "output", metavar="OUT", help="output file (official: .pt, safetensors) or folder (diffusers)"
+    )
+    p.add_argument(
+        "--to", required=True, choices=["official", "diffusers", "safetensors"], help="output format"
+    )
+    p.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast weights (default: keep)"
+    )
     p.add_argument(
         "--pipeline",
         action="store_true",
@@ -44,10 +50,14 @@ def run(args: argparse.Namespace) -> int:
     )
     src = result.source
     c = src.model.config
-    print(f"read   {src.path} ({src.format}): depth {c.depth}, width {c.hidden_size}, patch {c.patch_size}, "
-          f"input {c.input_size}, {c.num_classes} classes, arithmetic {c.arithmetic}")
-    print(f"wrote  {result.output} ({args.to}{' pipeline' if args.pipeline else ''}"
-          f"{', ' + args.dtype if args.dtype else ''})")
+    print(
+        f"read   {src.path} ({src.format}): depth {c.depth}, width {c.hidden_size}, patch {c.patch_size}, "
+        f"input {c.input_size}, {c.num_classes} classes, arithmetic {c.arithmetic}"
+    )
+    print(
+        f"wrote  {result.output} ({args.to}{' pipeline' if args.pipeline else ''}"
+        f"{', ' + args.dtype if args.dtype else ''})"
+    )
     for note in result.notes:
         print(f"note   {note}")
     return 0

@@ -22,23 +22,35 @@ def run(args: argparse.Namespace) -> int:
     ema = {True: "yes" + (" (loaded)" if not args.no_ema else ""), False: "no", None: "n/a (weights only)"}
     print(f"path          {loaded.path}")
     print(f"format        {loaded.format}")
-    print(f"model         {c.name or 'custom'}: depth {c.depth}, width {c.hidden_size}, {c.num_heads} heads, "
-          f"patch {c.patch_size}, mlp ratio {c.mlp_ratio:g}")
+    print(
+        f"model         {c.name or 'custom'}: depth {c.depth}, width {c.hidden_size}, {c.num_heads} heads, "
+        f"patch {c.patch_size}, mlp ratio {c.mlp_ratio:g}"
+    )
     print(f"input         {c.in_channels}x{c.input_size}x{c.input_size} ({c.num_tokens} tokens)")
-    print(f"output        {c.out_channels} channels" + (" (eps + learned variance)" if c.learn_sigma else " (eps)"))
+    print(
+        f"output        {c.out_channels} channels"
+        + (" (eps + learned variance)" if c.learn_sigma else " (eps)")
+    )
     print(f"classes       {c.num_classes}" + (" + null" if c.has_null_label else ""))
     print(f"arithmetic    {c.arithmetic}")
-    print(f"parameters    {model.num_parameters():,} ({', '.join(dtypes)}) + {model.pos_embed.numel():,} fixed pos-embed")
+    print(
+        f"parameters    {model.num_parameters():,} ({', '.join(dtypes)}) + {model.pos_embed.numel():,} fixed pos-embed"
+    )
     print(f"EMA           {ema[loaded.has_ema]}")
     if loaded.id2label:
         shown = ", ".join(f"{i}: {loaded.id2label[i]}" for i in list(loaded.id2label)[: max(args.labels, 0)])
-        print(f"labels        {len(loaded.id2label)} names; {shown}" + (" ..." if len(loaded.id2label) > args.labels else ""))
+        print(
+            f"labels        {len(loaded.id2label)} names; {shown}"
+            + (" ..." if len(loaded.id2label) > args.labels else "")
+        )
     else:
         print("labels        none (classes by id only)")
     print(f"VAE           {loaded.vae_path if loaded.vae_path else 'none in this file'}")
     if "scheduler_config" in loaded.extra:
         s = loaded.extra["scheduler_config"]
-        print(f"scheduler     {s.get('_class_name')} ({s.get('num_train_timesteps')} steps, {s.get('beta_schedule')})")
+        print(
+            f"scheduler     {s.get('_class_name')} ({s.get('num_train_timesteps')} steps, {s.get('beta_schedule')})"
+        )
     for note in loaded.notes:
         print(f"note          {note}")
     return 0

@@ -25,6 +25,7 @@ PIPELINE_CLASS = "DiTPipeline"
 WEIGHTS_NAME = "diffusion_pytorch_model"
 # Written into config.json; diffusers ignores keys that start with "_".
 ARITHMETIC_KEY = "_ditkit_arithmetic"
+LABELS_KEY = "_ditkit_id2label"  # class names of a transformer exported alone (not for ImageNet's)
 # DiTTransformer2DModel's constructor defaults (dit-facts §2.1), for keys a config.json leaves out.
 _DIT_DEFAULTS: dict[str, Any] = {
     "num_attention_heads": 16,
@@ -42,8 +43,17 @@ _DIT_DEFAULTS: dict[str, Any] = {
     "norm_eps": 1e-5,
 }
 # The legacy Transformer2DModel has other defaults, so its config must spell these out.
-_LEGACY_REQUIRED = ("num_attention_heads", "attention_head_dim", "in_channels", "num_layers", "sample_size",
-                    "patch_size", "num_embeds_ada_norm", "activation_fn", "norm_type")
+_LEGACY_REQUIRED = (
+    "num_attention_heads",
+    "attention_head_dim",
+    "in_channels",
+    "num_layers",
+    "sample_size",
+    "patch_size",
+    "num_embeds_ada_norm",
+    "activation_fn",
+    "norm_type",
+)
 # The scheduler the official converter ships with DiT pipelines (dit-facts §2.3).
 DDIM_SCHEDULER_CONFIG: dict[str, Any] = {
     "_class_name": "DDIMScheduler",
@@ -104,7 +114,9 @@ def config_from_diffusers(cfg: dict[str, Any], mlp_rows: int | None, where: str)
         if c[key] != want:
             raise ValueError(f"{where}: {key}={c[key]!r} is not a DiT (ditkit reads {key}={want!r} only)")
     if c.get("cross_attention_dim") is not None:
-        raise ValueError(f"{where}: cross_attention_dim is set; a class-conditional DiT has no cross-attention")
+        raise ValueError(
+            f"{where}: cross_attention_dim is set; a class-conditional DiT has no cross-attention"
+        )
     if not isinstance(c["norm_eps"], (int, float)) or abs(float(c["norm_eps"]) - 1e-5) > 1e-12:
         raise ValueError(
             f"{where}: norm_eps={c['norm_eps']!r}; ditkit reproduces diffusers' DiT with its default 1e-5 only"
@@ -145,8 +157,6 @@ def diffusers_config(config: ModelConfig) -> dict[str, Any]:
         raise ValueError(
             f"diffusers' DiTTransformer2DModel has a fixed MLP ratio of 4; this model has {config.mlp_ratio}"
         )
-    if config.hidden_size % config.num_heads:
-        raise ValueError("hidden_size must be divisible by num_heads")  # pragma: no cover - ModelConfig checks
     return {
         "_class_name": "DiTTransformer2DModel",
         "_diffusers_version": diffusers_version(),
@@ -196,7 +206,9 @@ def _weight_files(folder: Path) -> tuple[list[Path], list[str]]:
                 if not shard.is_file():
                     raise ValueError(f"{folder}: shard {shard.name} listed in {index_name} is missing")
             return shards, notes
-    variants = sorted(folder.glob(f"{WEIGHTS_NAME}.*.safetensors")) + sorted(folder.glob(f"{WEIGHTS_NAME}.*.bin"))
+    variants = sorted(folder.glob(f"{WEIGHTS_NAME}.*.safetensors")) + sorted(
+        folder.glob(f"{WEIGHTS_NAME}.*.bin")
+    )
     variants = [v for v in variants if "index" not in v.name]
     if variants:
         notes.append(f"read the variant weights file {variants[0].name}")
@@ -217,8 +229,10 @@ def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_transformer_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str]]:
-    """(config with diffusers arithmetic, official-layout state dict without pos_embed, notes)."""
+def read_transformer_folder(
+    folder: Path,
+) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str], dict[str, str] | None]:
+    """(config with diffusers arithmetic, official-layout state dict without pos_embed, notes, id2label)."""
     cfg = read_json(folder / "config.json")
     cls = cfg.get("_class_name")
     if cls not in TRANSFORMER_CLASSES:
@@ -234,7 +248,8 @@ def read_transformer_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.
             "exported by ditkit from a model with official arithmetic; loaded with diffusers arithmetic to "
             "match diffusers, pass arithmetic='official' to get the original model's outputs"
         )
-    return config, official, notes
+    labels = cfg.get(LABELS_KEY)
+    return config, official, notes, labels if isinstance(labels, dict) else None
 
 
 def diffusers_pos_embed(config: ModelConfig) -> torch.Tensor | None:
@@ -270,7 +285,9 @@ def read_pipeline_index(folder: Path) -> dict[str, Any]:
             continue
         sub = folder / part
         if not sub.is_dir():
-            raise ValueError(f"{folder}: the pipeline's {part}/ folder is missing (model_index.json lists it)")
+            raise ValueError(
+                f"{folder}: the pipeline's {part}/ folder is missing (model_index.json lists it)"
+            )
         config_name = "scheduler_config.json" if part == "scheduler" else "config.json"
         if not (sub / config_name).is_file():
             raise ValueError(f"{sub}: {config_name} is missing")
@@ -279,19 +296,53 @@ def read_pipeline_index(folder: Path) -> dict[str, Any]:
 
 # -- writing ----------------------------------------------------------------------------------------
 def save_diffusers_transformer(
-    model: DiT, folder: str | os.PathLike, *, dtype: torch.dtype | None = None
+    model: DiT,
+    folder: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    id2label: dict[int, str] | None = None,
 ) -> Path:
-    """A folder `DiTTransformer2DModel.from_pretrained` loads with no missing or unexpected keys."""
+    """A folder `DiTTransformer2DModel.from_pretrained` loads with no missing or unexpected keys.
+
+    Class names other than ImageNet's go into config.json under a private key diffusers ignores."""
     from safetensors.torch import save_file
+
+    from ..labels import imagenet_id2label, normalize_id2label
 
     folder = Path(folder)
     config = diffusers_config(model.config)
+    if id2label:
+        labels = normalize_id2label(id2label)
+        if labels != imagenet_id2label():
+            config[LABELS_KEY] = {str(k): v for k, v in labels.items()}
     state = cast_state(official_to_diffusers(model.state_dict(), model.config), dtype)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{WEIGHTS_NAME}.safetensors"
     atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     _write_json(folder / "config.json", config)
     return folder
+
+
+def check_vae_channels(model: DiT, vae: Any) -> None:
+    """The VAE's latent channels must be the model's input channels (a folder path, codec or AutoencoderKL)."""
+    from ..codecs import VAECodec, check_codec_compat, find_vae_folder
+
+    if isinstance(vae, (str, os.PathLike)):
+        folder = find_vae_folder(vae)
+        channels = read_json(folder / "config.json").get("latent_channels", 4)
+        if channels != model.config.in_channels:
+            raise ValueError(
+                f"the VAE at {folder} has {channels} latent channels but the model expects "
+                f"{model.config.in_channels}; use the VAE the model was trained with"
+            )
+    elif isinstance(vae, VAECodec):
+        check_codec_compat(model, vae)
+    elif hasattr(vae, "config") and hasattr(vae.config, "latent_channels"):
+        if vae.config.latent_channels != model.config.in_channels:
+            raise ValueError(
+                f"the VAE has {vae.config.latent_channels} latent channels but the model expects "
+                f"{model.config.in_channels}; use the VAE the model was trained with"
+            )
 
 
 def copy_vae(vae: Any, dest: Path) -> Path:
@@ -323,29 +374,21 @@ def save_diffusers_pipeline(
 ) -> Path:
     """A folder `diffusers.DiTPipeline.from_pretrained` loads: transformer/, vae/, a DDIM scheduler/ as the
     official converter ships it, and model_index.json with id2label (as on the hub)."""
-    from ..codecs import VAECodec, check_codec_compat, find_vae_folder
-
     if vae is None:
         raise ValueError(
             "a diffusers DiTPipeline needs a VAE (diffusers cannot load one without it); pass a VAE folder "
             "(--vae PATH), or export the transformer alone"
         )
-    if isinstance(vae, (str, os.PathLike)):
-        vae_cfg = read_json(find_vae_folder(vae) / "config.json")
-        channels = vae_cfg.get("latent_channels", 4)
-        if channels != model.config.in_channels:
-            raise ValueError(
-                f"the VAE at {vae} has {channels} latent channels but the model expects "
-                f"{model.config.in_channels}; use the VAE the model was trained with"
-            )
-    elif isinstance(vae, VAECodec):
-        check_codec_compat(model, vae)
+    check_vae_channels(model, vae)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_diffusers_transformer(model, folder / "transformer", dtype=dtype)
     copy_vae(vae, folder / "vae")
     version = diffusers_version()
-    _write_json(folder / "scheduler" / "scheduler_config.json", {**DDIM_SCHEDULER_CONFIG, "_diffusers_version": version})
+    _write_json(
+        folder / "scheduler" / "scheduler_config.json",
+        {**DDIM_SCHEDULER_CONFIG, "_diffusers_version": version},
+    )
     index: dict[str, Any] = {
         "_class_name": PIPELINE_CLASS,
         "_diffusers_version": version,

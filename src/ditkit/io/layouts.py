@@ -41,7 +41,9 @@ def _short(keys, n: int = 4) -> str:
     return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
-def check_state(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], where: str) -> None:
+def check_state(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], where: str
+) -> None:
     """Raise a one-line ValueError naming missing, unexpected and mis-shaped keys."""
     problems = []
     missing = set(expected) - set(state)
@@ -56,7 +58,9 @@ def check_state(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[
         if tuple(state[k].shape) != tuple(expected[k])
     ]
     if bad:
-        problems.append(f"{len(bad)} shape mismatch(es): " + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else ""))
+        problems.append(
+            f"{len(bad)} shape mismatch(es): " + "; ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        )
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))
 
@@ -73,7 +77,8 @@ def diffusers_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Key -> shape of diffusers' DiTTransformer2DModel state dict for a config."""
     d, p = config.hidden_size, config.patch_size
     mlp = int(d * config.mlp_ratio)
-    rows = config.num_classes + 1  # diffusers always has the null row (its class_dropout_prob is fixed at 0.1)
+    # diffusers always has the null row (its class_dropout_prob is fixed at 0.1)
+    rows = config.num_classes + 1
     shapes: dict[str, tuple[int, ...]] = {
         "pos_embed.proj.weight": (d, config.in_channels, p, p),
         "pos_embed.proj.bias": (d,),
@@ -116,7 +121,13 @@ def require_official_layout(config: ModelConfig, target: str) -> None:
 
 
 def _describe_variant(config: ModelConfig) -> str:
-    fields = (("block", "adaln-zero"), ("norm", "pre"), ("pos_embed", "sincos"), ("final_layer", "adaln"), ("cond_dim", 0))
+    fields = (
+        ("block", "adaln-zero"),
+        ("norm", "pre"),
+        ("pos_embed", "sincos"),
+        ("final_layer", "adaln"),
+        ("cond_dim", 0),
+    )
     parts = [f"{k}={getattr(config, k)!r}" for k, default in fields if getattr(config, k, default) != default]
     if isinstance(config.num_classes, tuple):
         parts.append(f"num_classes={config.num_classes}")
@@ -329,7 +340,9 @@ def check_shared_embedders(state: Mapping[str, torch.Tensor], depth: int, where:
                 )
 
 
-def diffusers_to_official(state: Mapping[str, torch.Tensor], config: ModelConfig, where: str) -> dict[str, torch.Tensor]:
+def diffusers_to_official(
+    state: Mapping[str, torch.Tensor], config: ModelConfig, where: str
+) -> dict[str, torch.Tensor]:
     """diffusers DiTTransformer2DModel state dict -> official/ditkit keys (pos_embed not included)."""
     check_state(state, diffusers_shapes(config), where)
     check_shared_embedders(state, config.depth, where)

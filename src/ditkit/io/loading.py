@@ -170,7 +170,7 @@ def _is_tensor_dict(obj: Any) -> bool:
 
 
 def _load_official_state(
-    state: dict[str, torch.Tensor], path: Path, fmt: str, num_heads: int | None, notes: list[str]
+    state: dict[str, torch.Tensor], path: Path, num_heads: int | None, notes: list[str]
 ) -> DiT:
     state, prefix = strip_wrapper_prefix(state)
     if prefix:
@@ -201,7 +201,7 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
             model, names = load_safetensors_model(path)
             return LoadedModel(model, "ditkit-safetensors", path, id2label=_labels(names), has_ema=None)
         state, _ = read_safetensors(path)
-        model = _load_official_state(state, path, "official-state-dict", num_heads, notes)
+        model = _load_official_state(state, path, num_heads, notes)
         return LoadedModel(model, "official-state-dict", path, has_ema=None, notes=notes)
 
     obj = _torch_load(path)
@@ -211,7 +211,9 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
             notes.append("the checkpoint has no EMA weights; loaded the trained weights")
         model = model_from_checkpoint(obj, use_ema=use_ema, path=str(path))
         labels = obj.get("label_names")
-        return LoadedModel(model, "ditkit-checkpoint", path, id2label=_labels(labels), has_ema=has_ema, notes=notes)
+        return LoadedModel(
+            model, "ditkit-checkpoint", path, id2label=_labels(labels), has_ema=has_ema, notes=notes
+        )
     if isinstance(obj, dict) and "format" in obj and isinstance(obj["format"], str):
         raise ValueError(f"{path}: unknown checkpoint format {obj['format']!r}")
     if isinstance(obj, dict) and ("model" in obj or "ema" in obj) and not _is_tensor_dict(obj):
@@ -223,13 +225,15 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
             raise ValueError(f"{path}: the checkpoint's {key!r} entry is not a state dict of tensors")
         args = obj.get("args")
         if isinstance(args, argparse.Namespace):
-            described = ", ".join(f"{k}={getattr(args, k)}" for k in ("model", "image_size", "num_classes") if hasattr(args, k))
+            described = ", ".join(
+                f"{k}={getattr(args, k)}" for k in ("model", "image_size", "num_classes") if hasattr(args, k)
+            )
             if described:
                 notes.append(f"train.py args: {described}")
-        model = _load_official_state(dict(obj[key]), path, "official-train", num_heads, notes)
+        model = _load_official_state(dict(obj[key]), path, num_heads, notes)
         return LoadedModel(model, "official-train", path, has_ema=has_ema, notes=notes)
     if _is_tensor_dict(obj):
-        model = _load_official_state(obj, path, "official-state-dict", num_heads, notes)
+        model = _load_official_state(obj, path, num_heads, notes)
         return LoadedModel(model, "official-state-dict", path, has_ema=None, notes=notes)
     raise ValueError(f"{path}: not a DiT checkpoint (it holds a {type(obj).__name__}, not a state dict)")
 
@@ -250,18 +254,22 @@ def _labels(names: Any) -> dict[int, str] | None:
 
 # -- folders -----------------------------------------------------------------------------------------
 def _load_transformer_folder(folder: Path) -> LoadedModel:
-    config, state, notes = read_transformer_folder(folder)
+    config, state, notes, labels = read_transformer_folder(folder)
     from ..models.embed import sincos_pos_embed_2d
 
     grid = config.input_size // config.patch_size
     ours = torch.from_numpy(sincos_pos_embed_2d(config.hidden_size, grid)).float().unsqueeze(0)
     theirs = diffusers_pos_embed(config)
     if theirs is not None and not torch.equal(theirs, ours):
-        notes.append("pos_embed taken from diffusers' own sin-cos table (it differs from ditkit's in the last bits)")
+        notes.append(
+            "pos_embed taken from diffusers' own sin-cos table (it differs from ditkit's in the last bits)"
+        )
         ours = theirs
     state["pos_embed"] = ours
     model = _model_from_state(config, state, str(folder))
     loaded = LoadedModel(model, "diffusers-transformer", folder, has_ema=None, notes=notes)
+    if labels is not None:
+        loaded.id2label = normalize_id2label(labels)
     parent = folder.parent
     if folder.name == "transformer" and (parent / "model_index.json").is_file():
         index = read_json(parent / "model_index.json")
@@ -391,7 +399,9 @@ def convert(
     if dst.exists() and not overwrite:
         raise ValueError(f"{dst} already exists; pass --force to overwrite it")
     if pipeline and to == "official":
-        raise ValueError("--pipeline applies to diffusers and safetensors outputs; an official file is weights only")
+        raise ValueError(
+            "--pipeline applies to diffusers and safetensors outputs; an official file is weights only"
+        )
     loaded = load_any(src, use_ema=use_ema)
     model = loaded.model
     notes = list(loaded.notes)
@@ -404,6 +414,10 @@ def convert(
             )
         if not model.config.has_null_label and model.config.num_classes > 0:
             notes.append("no null label row: official loaders will assume one and count one class too few")
+        if loaded.id2label and loaded.id2label != imagenet_id2label():
+            notes.append(
+                f"official files carry no class names: {len(loaded.id2label)} label names not written"
+            )
         out = save_official(model, dst, dtype=dtype)
     elif to == "diffusers":
         if model.config.arithmetic != "diffusers":
@@ -414,7 +428,7 @@ def convert(
         if pipeline:
             out = save_diffusers_pipeline(model, dst, vae=vae_source, id2label=loaded.id2label, dtype=dtype)
         else:
-            out = save_diffusers_transformer(model, dst, dtype=dtype)
+            out = save_diffusers_transformer(model, dst, dtype=dtype, id2label=loaded.id2label)
     else:
         if pipeline:
             out = save_ditkit_pipeline(dst, model, loaded.id2label, vae=vae_source, dtype=dtype)

@@ -18,7 +18,7 @@ import torch
 
 from ..labels import names_from_id2label, normalize_id2label
 from ..models import DiT
-from .diffusers_io import _write_json, copy_vae, read_json
+from .diffusers_io import _write_json, check_vae_channels, copy_vae, read_json
 from .native import load_safetensors_model, save_safetensors
 
 PIPELINE_INDEX = "ditkit_pipeline.json"
@@ -56,6 +56,8 @@ def save_ditkit_pipeline(
 
     if isinstance(vae, IdentityCodec):
         vae = None  # pixel space: nothing to store
+    if vae is not None:
+        check_vae_channels(model, vae)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     labels = normalize_id2label(id2label) if id2label is not None else None
@@ -89,7 +91,9 @@ def read_ditkit_pipeline(folder: str | os.PathLike) -> DitkitPipelineParts:
     folder = Path(folder)
     index = read_json(folder / PIPELINE_INDEX)
     if index.get("format") != PIPELINE_FORMAT:
-        raise ValueError(f"{folder / PIPELINE_INDEX}: format is {index.get('format')!r}, not {PIPELINE_FORMAT!r}")
+        raise ValueError(
+            f"{folder / PIPELINE_INDEX}: format is {index.get('format')!r}, not {PIPELINE_FORMAT!r}"
+        )
     if int(index.get("version", 0)) > PIPELINE_VERSION:
         raise ValueError(
             f"{folder}: pipeline format version {index['version']} is newer than this ditkit reads "
@@ -109,6 +113,10 @@ def read_ditkit_pipeline(folder: str | os.PathLike) -> DitkitPipelineParts:
     if index.get("vae"):
         vae_path = folder / str(index["vae"])
         if not (vae_path / "config.json").is_file():
-            raise ValueError(f"{folder}: the pipeline's vae/ folder is missing or incomplete (no config.json)")
+            raise ValueError(
+                f"{folder}: the pipeline's vae/ folder is missing or incomplete (no config.json)"
+            )
     extra = index.get("extra") or {}
-    return DitkitPipelineParts(model=model, id2label=id2label, vae_path=vae_path, extra=dict(extra), notes=notes)
+    return DitkitPipelineParts(
+        model=model, id2label=id2label, vae_path=vae_path, extra=dict(extra), notes=notes
+    )

@@ -223,16 +223,21 @@ def train(
     echo: bool = True,
     stop_at: int | None = None,
     run_dir: str | Path | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train as `config` says; returns where the results are. `resume` is a checkpoint, a run folder, a runs
-    folder or "auto". `stop_at` ends the run early at that step with a checkpoint (what Ctrl-C does)."""
+    """Train as `config` says; returns where the results are.
+
+    `resume` is a checkpoint, a run folder, a runs folder or "auto" (`checkpoint` may pass that file already
+    loaded); `stop_at` ends the run early at that step with a checkpoint, as Ctrl-C does; `run_dir` puts a
+    new run in that folder instead of the next numbered one.
+    """
     started = time.time()
     tcfg = config.train
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(tcfg.device, local_rank)
     info = D.init_distributed(device)
     try:
-        return _train(config, info, device, resume, progress, echo, stop_at, run_dir, started)
+        return _train(config, info, device, resume, checkpoint, progress, echo, stop_at, run_dir, started)
     finally:
         D.cleanup()
 
@@ -242,6 +247,7 @@ def _train(
     info: D.DistInfo,
     device: torch.device,
     resume: str | Path | None,
+    preloaded: dict[str, Any] | None,
     progress: bool,
     echo: bool,
     stop_at: int | None,
@@ -264,7 +270,7 @@ def _train(
     ckpt, ckpt_path = None, None
     if resume is not None:
         ckpt_path = resolve_resume(str(resume), tcfg.output_dir)
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = preloaded if preloaded is not None else load_checkpoint(ckpt_path)
         check_resume_config(RunConfig.from_dict(ckpt["config"], origin=str(ckpt_path)), config)
         if ckpt["step"] >= tcfg.max_steps:
             raise ValueError(

@@ -1,0 +1,197 @@
+"""How good is the embedded default? Train it (or load its checkpoint), sample 100 images per digit with the
+default sampler and guidance, and judge them with a classifier trained on the *real* digits.
+
+    python benchmarks/digits_quality.py                      # train the default, then evaluate
+    python benchmarks/digits_quality.py --ckpt runs          # evaluate the newest run's checkpoint
+    python benchmarks/digits_quality.py --ckpt runs --guidance-scale 1 3 --steps 50
+
+Printed figures:
+- training wall time (from the run's log when --ckpt is given);
+- accuracy: the fraction of samples an SVC (trained on 70% of the real digits; ~99% on the other 30%) labels
+  as the digit that was asked for. Samples are brought to the classifier's space by area-averaging to 8x8
+  and rescaling to 0..16, exactly the inverse of how the training images were made;
+- FD: the Frechet distance between samples and the real digits (the classifier's training split) in the
+  classifier's feature space (its 10 one-vs-rest decision values); pixel distances would reward copying.
+  The same FD for the held-out 30% of real digits is the floor a perfect generator would reach;
+- diversity: mean within-class spread of the samples in that feature space, relative to real digits
+  (1.0 = as varied as real digits; mode collapse drives it towards 0);
+- nearest-train distance: mean 8x8 pixel distance from each sample to its closest training digit, relative
+  to the same figure for held-out real digits (well below 1 would mean the model copies training images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(Ca + Cb - 2 (Ca Cb)^1/2), via the eigenvalues of sqrt(Ca) Cb sqrt(Ca)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(ca)
+    sqrt_ca = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = sqrt_ca @ cb @ sqrt_ca
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * tr_sqrt)
+
+
+class DigitJudge:
+    """An SVC on the real 8x8 digits (70/30 split, fixed seed) and the statistics we compare samples with."""
+
+    def __init__(self, seed: int = 0) -> None:
+        from sklearn.model_selection import train_test_split
+        from sklearn.svm import SVC
+
+        from ditkit.data import load_digits_arrays
+
+        images, labels = load_digits_arrays()
+        x = images.reshape(len(images), -1).numpy().astype(np.float64)
+        y = labels.numpy()
+        self.x_tr, self.x_te, self.y_tr, self.y_te = train_test_split(
+            x, y, test_size=0.3, random_state=seed, stratify=y
+        )
+        self.clf = SVC(gamma=0.001, C=10.0).fit(self.x_tr, self.y_tr)
+        self.heldout_accuracy = float(self.clf.score(self.x_te, self.y_te))
+        self.f_tr = self.features(self.x_tr)
+        self.f_te = self.features(self.x_te)
+        self.heldout_fd = frechet_distance(self.f_te, self.f_tr)
+        self.real_spread = self._spread(self.f_te, self.y_te)
+        self.heldout_nn = self._nearest(self.x_te)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return self.clf.decision_function(x)
+
+    @staticmethod
+    def _spread(f: np.ndarray, y: np.ndarray) -> float:
+        return float(np.mean([np.sqrt(f[y == c].var(0).sum()) for c in np.unique(y)]))
+
+    def _nearest(self, x: np.ndarray) -> float:
+        d = ((x[:, None, :] - self.x_tr[None, :, :]) ** 2).sum(-1)
+        return float(np.sqrt(d.min(1)).mean())
+
+    def judge(self, digits8: np.ndarray, asked: np.ndarray) -> dict[str, float]:
+        """digits8: (N, 8, 8) in 0..16; asked: (N,) requested labels."""
+        x = digits8.reshape(len(digits8), -1).astype(np.float64)
+        f = self.features(x)
+        pred = self.clf.predict(x)
+        return {
+            "accuracy": float((pred == asked).mean()),
+            "fd": frechet_distance(f, self.f_tr),
+            "diversity": self._spread(f, asked) / self.real_spread,
+            "nn_ratio": self._nearest(x) / self.heldout_nn,
+        }
+
+
+def sample_digits(
+    ckpt_path: Path,
+    per_digit: int,
+    guidance_scale: float | None,
+    steps: int | None,
+    sampler: str | None,
+    seed: int,
+    chunk: int = 500,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Sample `per_digit` images of each digit through DiTPipeline with the checkpoint's sampling defaults."""
+    from ditkit.config import RunConfig
+    from ditkit.data import to_digit_space
+    from ditkit.io.native import model_from_checkpoint
+    from ditkit.pipeline import DiTPipeline
+    from ditkit.train import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = RunConfig.from_dict(ckpt["config"])
+    settings = {
+        "guidance_scale": cfg.sample.guidance_scale if guidance_scale is None else guidance_scale,
+        "steps": cfg.sample.steps if steps is None else steps,
+        "sampler": cfg.sample.sampler if sampler is None else sampler,
+    }
+    model = model_from_checkpoint(ckpt)
+    pipe = DiTPipeline(model, id2label=dict(enumerate(ckpt["label_names"])))
+    asked = np.repeat(np.arange(10), per_digit)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(asked), chunk):
+        labels = asked[i : i + chunk].tolist()
+        images = pipe(
+            labels,
+            num_inference_steps=settings["steps"],
+            guidance_scale=settings["guidance_scale"],
+            generator=gen,
+            output_type="pt",
+            sampler=settings["sampler"],
+        ).images
+        out.append(to_digit_space(images * 2 - 1).numpy())
+    return np.concatenate(out), asked, settings
+
+
+def _wall_time_from_log(run_dir: Path) -> float | None:
+    log = run_dir / "log.txt"
+    if not log.exists():
+        return None
+    found = re.findall(r"finished \d+ steps in ([0-9.]+) s", log.read_text())
+    return float(found[-1]) if found else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", help="checkpoint, run folder or runs folder (default: train the default now)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for training")
+    parser.add_argument("--per-digit", type=int, default=100)
+    parser.add_argument("--guidance-scale", type=float, nargs="*", default=None, help="default: the run's")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--output-dir", default="runs")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    from ditkit.train import find_checkpoint
+    from ditkit.train.checkpoint import run_dir_of
+
+    if args.ckpt:
+        ckpt_path = find_checkpoint(args.ckpt)
+        wall = _wall_time_from_log(run_dir_of(ckpt_path))
+    else:
+        from ditkit.config import load_config
+        from ditkit.train import train
+
+        cfg = load_config(None, [f"train.output_dir={args.output_dir}", *args.set])
+        t0 = time.time()
+        result = train(cfg)
+        wall = time.time() - t0
+        ckpt_path = result.checkpoint
+    judge = DigitJudge()
+    print(f"checkpoint: {ckpt_path}")
+    print(
+        f"classifier: SVC on {len(judge.x_tr)} real digits; held-out accuracy {judge.heldout_accuracy:.1%}; "
+        f"held-out FD {judge.heldout_fd:.3f} (floor)"
+    )
+    print(f"training wall time: {wall:.0f} s" if wall is not None else "training wall time: unknown")
+    header = f"{'sampler':>7} {'steps':>5} {'guidance':>8} {'accuracy':>9} {'FD':>7} {'FD floor':>8} {'diversity':>9} {'NN ratio':>8} {'sample s':>8}"
+    print(header)
+    print("-" * len(header))
+    for scale in args.guidance_scale or [None]:
+        t0 = time.time()
+        digits8, asked, settings = sample_digits(
+            ckpt_path, args.per_digit, scale, args.steps, args.sampler, args.seed
+        )
+        took = time.time() - t0
+        r = judge.judge(digits8, asked)
+        print(
+            f"{settings['sampler']:>7} {settings['steps']:>5} {settings['guidance_scale']:>8.2f} "
+            f"{r['accuracy']:>9.1%} {r['fd']:>7.3f} {judge.heldout_fd:>8.3f} {r['diversity']:>9.2f} "
+            f"{r['nn_ratio']:>8.2f} {took:>8.0f}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
