@@ -40,7 +40,15 @@ class DiTPipeline:
     (comma-separated synonyms allowed, as in diffusers).
     """
 
-    def __init__(self, transformer: DiT, vae: Any = None, id2label: dict[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        transformer: DiT,
+        vae: Any = None,
+        id2label: dict[int, str] | None = None,
+        *,
+        attributes: dict[str, Sequence[str]] | None = None,
+        encoder: Any = None,
+    ) -> None:
         if not isinstance(transformer, DiT):
             raise ValueError(
                 f"transformer must be a ditkit DiT, got {type(transformer).__name__}; load foreign weights "
@@ -54,6 +62,21 @@ class DiTPipeline:
             check_codec_compat(transformer, self.vae)
         self.id2label = {int(k): str(v) for k, v in id2label.items()} if id2label else None
         self._label_map = None
+        cfg = transformer.config
+        # Multi-attribute models: one ordered list of class names per attribute, e.g. {"genre": [...], ...}.
+        self.attributes = None
+        if attributes:
+            if not cfg.multi_label or len(attributes) != len(cfg.label_sizes):
+                raise ValueError(
+                    f"attributes name {len(attributes)} label sets but the model has label sizes {cfg.label_sizes}"
+                )
+            for (attr, names), size in zip(attributes.items(), cfg.label_sizes):
+                if len(names) != size:
+                    raise ValueError(f"attribute {attr!r} has {len(names)} names but the model has {size} classes")
+            self.attributes = {str(k): [str(n) for n in v] for k, v in attributes.items()}
+        self._attribute_maps: dict[str, Any] = {}
+        # Embedding-conditioned models: an encoder (encode_image / encode_text) turns prompts into conditions.
+        self.encoder = encoder
         self.process = GaussianDiffusion.from_schedule(
             "linear", 1000, learn_sigma=transformer.config.learn_sigma
         )
@@ -103,6 +126,79 @@ class DiTPipeline:
                 raise ValueError(f"class label {i} is out of range; this model has classes 0..{n - 1}")
         return ids
 
+    def _attribute_names(self) -> list[str]:
+        sizes = self.transformer.config.label_sizes
+        return list(self.attributes) if self.attributes else [f"attr{k}" for k in range(len(sizes))]
+
+    def _attribute_id(self, k: int, value: Any) -> int:
+        """One attribute's class id from an id or a name; None means the attribute's null (unguided)."""
+        cfg = self.transformer.config
+        size, attr = cfg.label_sizes[k], self._attribute_names()[k]
+        if value is None:
+            return size  # the null row: this attribute is left free
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            if not self.attributes:
+                raise ValueError(f"this pipeline has no names for attribute {attr!r}; pass class ids")
+            if attr not in self._attribute_maps:
+                from .labels import LabelMap
+
+                self._attribute_maps[attr] = LabelMap.from_id2label(dict(enumerate(self.attributes[attr])))
+            try:
+                return self._attribute_maps[attr].id(value)
+            except ValueError as err:
+                raise ValueError(f"{attr}: {err}") from None
+        idx = int(value)
+        if not 0 <= idx < size:
+            raise ValueError(f"{attr} label {idx} is out of range; valid ids are 0..{size - 1}")
+        return idx
+
+    def _multi_ids(self, class_labels: Any) -> list[tuple[int, ...]]:
+        """Rows of per-attribute ids from dicts ({"genre": "landscape"}; missing attributes are left free),
+        sequences (one entry per attribute, None = free) or an (N, K) tensor."""
+        names = self._attribute_names()
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.tolist()
+        if isinstance(class_labels, dict):
+            class_labels = [class_labels]
+        rows = []
+        for item in class_labels:
+            if isinstance(item, dict):
+                unknown = sorted(set(item) - set(names))
+                if unknown:
+                    raise ValueError(f"unknown attribute(s) {unknown}; this model has {', '.join(names)}")
+                values = [item.get(a) for a in names]
+            elif isinstance(item, (list, tuple)):
+                if len(item) != len(names):
+                    raise ValueError(f"each label needs {len(names)} entries ({', '.join(names)}), got {item!r}")
+                values = list(item)
+            else:
+                raise ValueError(
+                    f"this model takes one label per attribute ({', '.join(names)}): pass dicts like "
+                    f"{{{names[0]!r}: ...}} or sequences, got {item!r}"
+                )
+            rows.append(tuple(self._attribute_id(k, v) for k, v in enumerate(values)))
+        return rows
+
+    def _embedding_condition(self, condition: Any, prompt: Any, image: Any) -> torch.Tensor:
+        cfg = self.transformer.config
+        given = [v is not None for v in (condition, prompt, image)]
+        if sum(given) != 1:
+            raise ValueError("this model is conditioned on an embedding: pass exactly one of condition=, prompt=, image=")
+        if condition is not None:
+            cond = torch.as_tensor(condition, dtype=torch.float32)
+        else:
+            if self.encoder is None:
+                raise ValueError("prompts and images need an encoder: DiTPipeline(..., encoder=...) or --encoder")
+            if prompt is not None:
+                cond = self.encoder.encode_text([prompt] if isinstance(prompt, str) else list(prompt))
+            else:
+                cond = self.encoder.encode_image(_images_to_tensor(image))
+        if cond.ndim != 2 or cond.shape[1] != cfg.cond_dim:
+            raise ValueError(
+                f"the condition has shape {tuple(cond.shape)}; this model expects (N, {cfg.cond_dim}) embeddings"
+            )
+        return cond.float()
+
     # -- devices ------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -129,6 +225,7 @@ class DiTPipeline:
         use_ema: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        encoder: Any = None,
     ) -> DiTPipeline:
         """Load any model file or folder ditkit understands (see `ditkit.io.load_any`).
 
@@ -140,7 +237,8 @@ class DiTPipeline:
         loaded = load_any(path, use_ema=use_ema)
         if vae is None and loaded.vae_path is not None:
             vae = loaded.vae_path
-        pipe = cls(loaded.model, vae=vae, id2label=loaded.id2label)
+        attributes = loaded.attributes or (loaded.extra or {}).get("attributes")
+        pipe = cls(loaded.model, vae=vae, id2label=loaded.id2label, attributes=attributes, encoder=encoder)
         if device is not None or dtype is not None:
             pipe.to(device, dtype)
         return pipe
@@ -149,7 +247,8 @@ class DiTPipeline:
         """Write a ditkit pipeline folder (transformer.safetensors with its config, label names, vae/)."""
         from .io import save_ditkit_pipeline
 
-        return save_ditkit_pipeline(path, self.transformer, self.id2label, vae=self.vae)
+        extra = {"attributes": self.attributes} if self.attributes else None
+        return save_ditkit_pipeline(path, self.transformer, self.id2label, vae=self.vae, extra=extra)
 
     # -- sampling -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -167,13 +266,19 @@ class DiTPipeline:
         eta: float = 0.0,
         variance_type: str | None = None,
         num_images: int | None = None,
+        condition: torch.Tensor | None = None,
+        prompt: str | list[str] | None = None,
+        image: Any = None,
         progress: bool = False,
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
         """Sample one image per class label.
 
-        class_labels: ids or names (a list, or one); for an unconditional model leave it None and pass
-        `num_images`. sampler: "ddim" (default; 50 steps = official "ddim50" spacing) or "ddpm" (ancestral with
+        class_labels: ids or names (a list, or one). Multi-attribute models take one dict per image
+        ({"genre": "landscape", "style": "Impressionism"}; a missing attribute is left free, so guidance works
+        on any subset) or one sequence per image. Embedding-conditioned models take `condition` (N, cond_dim),
+        or `prompt` / `image` through the pipeline's encoder. For an unconditional model leave it None and
+        pass `num_images`. sampler: "ddim" (default; 50 steps = official "ddim50" spacing) or "ddpm" (ancestral with
         the learned variance; official default 250). guidance_scale: classifier-free guidance, active when
         != 1, conditional and null batched in one forward. guidance_channels: None guides every eps channel;
         3 reproduces the official sampler. generator: one torch.Generator, or a list with one per image
@@ -191,17 +296,30 @@ class DiTPipeline:
         cfg = self.transformer.config
         device = self.device
 
-        if cfg.num_classes > 0:
+        y = null = None
+        ids: Any = None
+        if cfg.cond_dim:
+            if class_labels is not None:
+                raise ValueError("this model is conditioned on embeddings: pass condition=, prompt= or image=")
+            y = self._embedding_condition(condition, prompt, image).to(device)
+            null = torch.zeros_like(y)
+            n = y.shape[0]
+        elif cfg.label_sizes:
             if class_labels is None:
                 raise ValueError("this model is class-conditional: pass class_labels (ids or names)")
-            ids = self._class_ids(class_labels)
+            if cfg.multi_label:
+                ids = self._multi_ids(class_labels)
+                y = torch.tensor(ids, dtype=torch.long, device=device).view(-1, len(cfg.label_sizes))
+                null = torch.tensor(cfg.label_sizes, dtype=torch.long, device=device).expand_as(y)
+            else:
+                ids = self._class_ids(class_labels)
+                y = torch.tensor(ids, dtype=torch.long, device=device)
+                null = cfg.null_label
             n = len(ids)
-            y = torch.tensor(ids, dtype=torch.long, device=device)
         else:
             if class_labels is not None:
                 raise ValueError("this model is unconditional: pass num_images=N instead of class_labels")
             n = num_images if num_images is not None else (latents.shape[0] if latents is not None else 1)
-            ids, y = None, None
         if n == 0:
             raise ValueError("nothing to sample: class_labels is empty")
 
@@ -227,7 +345,7 @@ class DiTPipeline:
                     "guidance_scale != 1 needs a null label, but this model was trained without label dropout "
                     "(class_dropout_prob=0); use guidance_scale=1"
                 )
-            model_fn = classifier_free_guidance(model, y, cfg.null_label, guidance_scale, guidance_channels)
+            model_fn = classifier_free_guidance(model, y, null, guidance_scale, guidance_channels)
 
         base = self.process
         if variance_type is not None and variance_type != base.variance_type:
@@ -251,6 +369,23 @@ class DiTPipeline:
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images, labels=ids)
+
+
+def _images_to_tensor(image: Any) -> torch.Tensor:
+    """PIL images / arrays / tensors -> (N, 3, H, W) float in [-1, 1] (tensors are taken as already scaled)."""
+    if isinstance(image, torch.Tensor):
+        return image if image.ndim == 4 else image.unsqueeze(0)
+    items = image if isinstance(image, (list, tuple)) else [image]
+    out = []
+    for item in items:
+        arr = np.asarray(item.convert("RGB") if hasattr(item, "convert") else item, dtype=np.float32)
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, axis=-1)
+        out.append(torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1))
+    sizes = {tuple(t.shape) for t in out}
+    if len(sizes) > 1:
+        raise ValueError(f"images of different sizes {sorted(sizes)}; resize them to one size first")
+    return torch.stack(out)
 
 
 def _to_numpy(pt: torch.Tensor) -> np.ndarray:

@@ -83,6 +83,8 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     # Format-specific extras: a diffusers pipeline's "scheduler_config", a ditkit pipeline's saved `extra`.
     extra: dict[str, Any] = field(default_factory=dict)
+    # Multi-attribute models: {"genre": [names...], "style": [names...]} in attribute order.
+    attributes: dict[str, list[str]] | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -199,7 +201,10 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
         metadata = _safetensors_metadata(path)
         if metadata.get("format") == SAFETENSORS_FORMAT:
             model, names = load_safetensors_model(path)
-            return LoadedModel(model, "ditkit-safetensors", path, id2label=_labels(names), has_ema=None)
+            return LoadedModel(
+                model, "ditkit-safetensors", path, id2label=_labels(names), has_ema=None,
+                attributes=_attributes(names),
+            )
         state, _ = read_safetensors(path)
         model = _load_official_state(state, path, num_heads, notes)
         return LoadedModel(model, "official-state-dict", path, has_ema=None, notes=notes)
@@ -212,7 +217,8 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
         model = model_from_checkpoint(obj, use_ema=use_ema, path=str(path))
         labels = obj.get("label_names")
         return LoadedModel(
-            model, "ditkit-checkpoint", path, id2label=_labels(labels), has_ema=has_ema, notes=notes
+            model, "ditkit-checkpoint", path, id2label=_labels(labels), has_ema=has_ema, notes=notes,
+            attributes=_attributes(labels),
         )
     if isinstance(obj, dict) and "format" in obj and isinstance(obj["format"], str):
         raise ValueError(f"{path}: unknown checkpoint format {obj['format']!r}")
@@ -236,6 +242,15 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
         model = _load_official_state(obj, path, num_heads, notes)
         return LoadedModel(model, "official-state-dict", path, has_ema=None, notes=notes)
     raise ValueError(f"{path}: not a DiT checkpoint (it holds a {type(obj).__name__}, not a state dict)")
+
+
+def _attributes(names: Any) -> dict[str, list[str]] | None:
+    """Per-attribute label names ({"genre": [...], "style": [...]}) as multi-attribute checkpoints store them."""
+    if isinstance(names, dict) and names and all(
+        isinstance(k, str) and not k.lstrip("-").isdigit() and isinstance(v, (list, tuple)) for k, v in names.items()
+    ):
+        return {k: [str(n) for n in v] for k, v in names.items()}
+    return None
 
 
 def _labels(names: Any) -> dict[int, str] | None:
