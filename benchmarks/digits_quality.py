@@ -17,6 +17,19 @@ Printed figures:
   (1.0 = as varied as real digits; mode collapse drives it towards 0);
 - nearest-train distance: mean 8x8 pixel distance from each sample to its closest training digit, relative
   to the same figure for held-out real digits (well below 1 would mean the model copies training images).
+
+Measured on 2 CPU cores (torch 2.13 CPU), `ditkit train` with no arguments (1500 steps, batch 128, lr 2e-3,
+8x8 pixels, 1.27M parameters): 128 s of training, including three EMA grids and three checkpoints.
+100 DDPM steps, 100 samples per digit (SVC: 99.4% on held-out real digits; held-out FD 0.197):
+
+    guidance  accuracy   FD     diversity  NN ratio
+    1.0       96.1%      0.335  1.01       1.16
+    1.5       99.9%      0.663  0.83       1.04     <- the default
+    2.0       100.0%     0.980  0.73       1.01
+
+A second seed gives 95.7% / 99.8% at guidance 1 / 1.5. The official DiT code with the official recipe
+(2000 steps, lr 1e-3) reaches 95% / 99.8% at guidance 1 / 2 in ~3.6 minutes; through ditkit the same recipe
+gives 95.0% / 100% (FD 0.35 / 0.98). Pure noise scores ~11%.
 """
 
 from __future__ import annotations
@@ -97,6 +110,7 @@ def sample_digits(
     sampler: str | None,
     seed: int,
     chunk: int = 500,
+    use_ema: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Sample `per_digit` images of each digit through DiTPipeline with the checkpoint's sampling defaults."""
     from ditkit.config import RunConfig
@@ -112,7 +126,7 @@ def sample_digits(
         "steps": cfg.sample.steps if steps is None else steps,
         "sampler": cfg.sample.sampler if sampler is None else sampler,
     }
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, use_ema=use_ema)
     pipe = DiTPipeline(model, id2label=dict(enumerate(ckpt["label_names"])))
     asked = np.repeat(np.arange(10), per_digit)
     gen = torch.Generator().manual_seed(seed)
@@ -141,13 +155,18 @@ def _wall_time_from_log(run_dir: Path) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", help="checkpoint, run folder or runs folder (default: train the default now)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for training")
+    parser.add_argument(
+        "--ckpt", help="checkpoint, run folder or runs folder (default: train the default now)"
+    )
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for training"
+    )
     parser.add_argument("--per-digit", type=int, default=100)
     parser.add_argument("--guidance-scale", type=float, nargs="*", default=None, help="default: the run's")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-ema", action="store_true", help="judge the raw weights instead of the EMA")
     parser.add_argument("--output-dir", default="runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -180,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     for scale in args.guidance_scale or [None]:
         t0 = time.time()
         digits8, asked, settings = sample_digits(
-            ckpt_path, args.per_digit, scale, args.steps, args.sampler, args.seed
+            ckpt_path, args.per_digit, scale, args.steps, args.sampler, args.seed, use_ema=not args.no_ema
         )
         took = time.time() - t0
         r = judge.judge(digits8, asked)

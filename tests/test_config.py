@@ -30,7 +30,13 @@ def test_recipe_numbers():
     assert wikiart.warmup == round(0.01 * wikiart.max_steps)
     assert recipe("wikiart").data.hflip
     ft = recipe("finetune").train
-    assert (ft.lr, ft.lr_schedule, ft.warmup_steps, ft.batch_size, ft.weight_decay) == (5e-5, "constant", 10, 2, 0.01)
+    assert (ft.lr, ft.lr_schedule, ft.warmup_steps, ft.batch_size, ft.weight_decay) == (
+        5e-5,
+        "constant",
+        10,
+        2,
+        0.01,
+    )
     inet = recipe("imagenet").train
     assert (inet.lr, inet.weight_decay, inet.batch_size, inet.ema_decay) == (1e-4, 0.0, 256, 0.9999)
     assert inet.lr_schedule == "constant" and inet.warmup == 0 and not inet.ema_warmup
@@ -39,8 +45,16 @@ def test_recipe_numbers():
 def test_overrides_are_type_checked_and_converted():
     cfg = apply_overrides(
         RunConfig(),
-        ["train.lr=3e-4", "train.max_steps=1e3", "data.hflip=yes", "train.betas=0.9,0.95", "model.depth=2",
-         "sample.labels=[3, 7]", "model.init_from=none", "data.vae=null"],
+        [
+            "train.lr=3e-4",
+            "train.max_steps=1e3",
+            "data.hflip=yes",
+            "train.betas=0.9,0.95",
+            "model.depth=2",
+            "sample.labels=[3, 7]",
+            "model.init_from=none",
+            "data.vae=null",
+        ],
     )
     assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)  # YAML would read "3e-4" as a string
     assert cfg.train.max_steps == 1000 and isinstance(cfg.train.max_steps, int)
@@ -94,7 +108,9 @@ def test_yaml_file_starts_from_its_recipe(tmp_path):
 def test_bad_files_and_names(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  lr: 1e-3\n  warmup_stepz: 3\n")
-    with pytest.raises(ValueError, match="unknown config key 'train.warmup_stepz'; did you mean 'train.warmup_steps'"):
+    with pytest.raises(
+        ValueError, match="unknown config key 'train.warmup_stepz'; did you mean 'train.warmup_steps'"
+    ):
         load_config(str(bad))
     with pytest.raises(FileNotFoundError):
         load_config(str(tmp_path / "missing.yaml"))

@@ -66,7 +66,12 @@ class ModelSection:
     num_heads: int | None = None
     patch_size: int | None = None
     mlp_ratio: float | None = None
-    learn_sigma: bool = True
+    # Architecture variants (ditkit.models.config: BLOCKS, NORMS, POS_EMBEDS, FINAL_LAYERS); None = the preset's.
+    block: str | None = None
+    norm: str | None = None
+    pos_embed: str | None = None
+    final_layer: str | None = None
+    learn_sigma: bool | None = None  # None = the preset's (True for the official sizes)
     # Label dropout for classifier-free guidance; 0 trains without a null label (no guidance possible).
     class_dropout_prob: float = 0.1
     # Start from these weights (a ditkit checkpoint or anything `ditkit.load_model` reads); tensors whose
@@ -102,8 +107,9 @@ class DataSection:
     folder of images, with one subfolder per class for class-conditional training."""
 
     path: str = "digits"
-    # Pixel side the images are brought to (digits: upscaled from 8x8; folders: ADM centre crop).
-    image_size: int = 16
+    # Pixel side the images are brought to (folders: ADM centre crop; digits: their native 8x8 by default,
+    # bicubic upscaling otherwise; see ditkit/data/digits.py for why 8 is the default).
+    image_size: int = 8
     hflip: bool = False  # random horizontal flip (off for digits: a mirrored 3 is not a 3)
     # A VAE for latent-space training (e.g. "stabilityai/sd-vae-ft-ema"); None trains in pixel space.
     vae: str | None = None
@@ -119,10 +125,10 @@ class TrainSection:
     """Optimisation, bookkeeping and hardware. `batch_size` is global: summed over processes and over the
     micro-batches of gradient accumulation."""
 
-    max_steps: int = 2000
+    max_steps: int = 1500
     batch_size: int = 128
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float = 2e-3
     lr_schedule: str = "constant"  # constant | cosine (cosine decays to zero at max_steps)
     warmup_steps: int = 0
     warmup_ratio: float = 0.0  # warmup as a fraction of max_steps; the longer of the two warmups wins
@@ -138,9 +144,9 @@ class TrainSection:
     threads: int = 0  # CPU threads for torch; 0 = all cores
     seed: int = 0
     log_every: int = 50
-    ckpt_every: int = 1000
+    ckpt_every: int = 500
     keep_last: int = 2  # checkpoints kept in the run folder (the newest K)
-    sample_every: int = 1000  # EMA sample grid every N steps (and at the end); 0 = only at the end
+    sample_every: int = 500  # EMA sample grid every N steps (and at the end); 0 = only at the end
     output_dir: str = "runs"
 
     def __post_init__(self) -> None:
@@ -175,7 +181,7 @@ class SampleSection:
 
     sampler: str = "ddpm"
     steps: int = 100
-    guidance_scale: float = 2.0
+    guidance_scale: float = 1.5
     num_per_label: int = 4  # rows of the training grid
     labels: tuple[int, ...] = ()  # grid labels; () = every class (the first 8 when there are more than 16)
     seed: int = 0
@@ -184,7 +190,9 @@ class SampleSection:
         _choice("sample", "sampler", self.sampler, SAMPLERS)
         _positive("sample", self, "steps", "num_per_label")
         if self.guidance_scale < 1.0:
-            raise ValueError(f"sample.guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale!r}")
+            raise ValueError(
+                f"sample.guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale!r}"
+            )
 
 
 _SECTIONS = {
@@ -287,7 +295,16 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
 
 
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+_BOOL_WORDS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -385,7 +402,9 @@ def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any]) ->
         if isinstance(value, str) and not isinstance(overrides, dict):
             value = _parse_scalar(value)
         if key == "recipe":
-            raise ValueError("--set recipe=... is not an override; pass the recipe name as the CONFIG argument")
+            raise ValueError(
+                "--set recipe=... is not an override; pass the recipe name as the CONFIG argument"
+            )
         if "." not in key:
             raise _unknown_key(key, "--set")
         section, leaf = key.split(".", 1)
@@ -425,7 +444,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         first = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
+        raise ValueError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

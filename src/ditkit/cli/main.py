@@ -12,7 +12,7 @@ import os
 import sys
 
 # Subcommand modules under ditkit.cli, in the order `ditkit --help` lists them.
-COMMANDS = ["train", "sample", "info", "convert", "inspect"]
+COMMANDS = ["train", "sample", "encode", "info", "convert", "inspect"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--labels", nargs="+", metavar="LABEL", help="class ids or names (default: every class, up to 16)"
     )
-    p.add_argument("--num-per-label", type=int, default=None, metavar="N", help="images per label (default 4)")
+    p.add_argument(
+        "--num-per-label", type=int, default=None, metavar="N", help="images per label (default 4)"
+    )
     p.add_argument("--guidance-scale", type=float, default=None, metavar="S", help="1 = no guidance")
     p.add_argument("--steps", type=int, default=None, metavar="K", help="sampling steps")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
@@ -87,7 +89,9 @@ def _resolve_labels(pipe, requested: list[str] | None) -> list[int]:
         except ValueError as err:
             if len(pipe.id2label) <= 40:
                 names = ", ".join(pipe.id2label[i] for i in sorted(pipe.id2label))
-                raise ValueError(f"{str(err).split(';')[0]}; valid labels: {names} (or ids 0..{n - 1})") from None
+                raise ValueError(
+                    f"{str(err).split(';')[0]}; valid labels: {names} (or ids 0..{n - 1})"
+                ) from None
             raise
     for i in ids:
         if not 0 <= i < n:

@@ -56,10 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g = p.add_argument_group("everyday settings (shortcuts for --set)")
     g.add_argument("--model", help="model preset, e.g. DiT-S/2 (see `ditkit info --list`)")
-    g.add_argument("--data", metavar="PATH", help="'digits' (built in) or a folder of images, one subfolder per class")
+    g.add_argument(
+        "--data", metavar="PATH", help="'digits' (built in) or a folder of images, one subfolder per class"
+    )
     g.add_argument("--image-size", type=int, metavar="N")
     g.add_argument("--max-steps", type=int, metavar="N")
-    g.add_argument("--batch-size", type=int, metavar="N", help="global batch (all processes, all micro-batches)")
+    g.add_argument(
+        "--batch-size", type=int, metavar="N", help="global batch (all processes, all micro-batches)"
+    )
     g.add_argument("--grad-accum", type=int, metavar="N")
     g.add_argument("--lr", type=float, metavar="X")
     g.add_argument("--ckpt-every", type=int, metavar="N")
@@ -69,7 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, metavar="N")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines still go to log.txt)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (log lines still go to log.txt)"
+    )
     p.set_defaults(run=run)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import IndexStream, TensorDataset
+from .base import IndexStream, StepBatches, TensorDataset, step_batches
 from .digits import DIGIT_NAMES, digits_dataset, load_digits_arrays, to_digit_space, to_model_space
 from .folder import FolderDataset
 
@@ -16,10 +16,12 @@ __all__ = [
     "DIGIT_NAMES",
     "FolderDataset",
     "IndexStream",
+    "StepBatches",
     "TensorDataset",
     "build_dataset",
     "digits_dataset",
     "load_digits_arrays",
+    "step_batches",
     "to_digit_space",
     "to_model_space",
 ]

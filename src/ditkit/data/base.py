@@ -73,3 +73,42 @@ class IndexStream:
             hi = min(stop - e * self.size, self.size)
             parts.append(self.epoch(e)[lo:hi])
         return torch.cat(parts)
+
+
+class StepBatches:
+    """The images one process reads at each step, as a map-style data set indexed by step, so a
+    torch DataLoader with workers can decode them ahead of time (folders of images). Item `step` is the
+    list of this process's micro-batches: slice (m * world + rank) of the global batch, for each m."""
+
+    def __init__(
+        self, dataset, stream: IndexStream, batch_size: int, accum: int, world: int, rank: int
+    ) -> None:
+        self.dataset, self.stream = dataset, stream
+        self.batch_size, self.accum, self.world, self.rank = batch_size, accum, world, rank
+        self.per = batch_size // (accum * world)
+
+    def micro_slice(self, m: int) -> slice:
+        k = m * self.world + self.rank
+        return slice(k * self.per, (k + 1) * self.per)
+
+    def __getitem__(self, step: int) -> list[torch.Tensor]:
+        idx = self.stream.batch(step, self.batch_size)
+        return [self.dataset.load(idx[self.micro_slice(m)])[0] for m in range(self.accum)]
+
+
+def step_batches(loader_source: StepBatches, start: int, stop: int, num_workers: int):
+    """Iterate the items of steps start..stop-1: in this process, or prefetched by worker processes."""
+    if num_workers <= 0:
+        return (loader_source[s] for s in range(start, stop))
+    from torch.utils.data import DataLoader
+
+    return iter(
+        DataLoader(
+            loader_source,  # type: ignore[arg-type]
+            batch_size=None,
+            sampler=range(start, stop),
+            num_workers=num_workers,
+            prefetch_factor=2,
+            persistent_workers=False,
+        )
+    )

@@ -93,7 +93,9 @@ def find_checkpoint(path: str | Path) -> Path:
         ckpts = list_checkpoints(run)
         if ckpts:
             return ckpts[-1]
-    raise FileNotFoundError(f"{path}: no checkpoints found (looked in checkpoints/ and in numbered run folders)")
+    raise FileNotFoundError(
+        f"{path}: no checkpoints found (looked in checkpoints/ and in numbered run folders)"
+    )
 
 
 def resolve_resume(resume: str, output_dir: str | Path) -> Path:

@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import RunConfig, config_diff
-from ..data import IndexStream, build_dataset
+from ..data import IndexStream, StepBatches, TensorDataset, build_dataset, step_batches
 from ..diffusion import GaussianDiffusion
 from ..io.native import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 from ..models import ModelConfig, drop_labels
@@ -33,7 +33,6 @@ from ..presets import build_model, model_config
 from . import distributed as D
 from .checkpoint import (
     clean_stale_temporaries,
-    list_checkpoints,
     load_checkpoint,
     new_run_dir,
     resolve_resume,
@@ -116,7 +115,9 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def check_resume_config(saved: RunConfig, new: RunConfig) -> None:
-    conflicts = [k for k in config_diff(saved, new) if k not in RESUMABLE_KEYS and not k.startswith("sample.")]
+    conflicts = [
+        k for k in config_diff(saved, new) if k not in RESUMABLE_KEYS and not k.startswith("sample.")
+    ]
     if conflicts:
         a, b = saved.flat(), new.flat()
         detail = ", ".join(f"{k} (checkpoint {a[k]!r}, now {b[k]!r})" for k in conflicts[:6])
@@ -127,12 +128,18 @@ def check_resume_config(saved: RunConfig, new: RunConfig) -> None:
         )
 
 
-def _build_codec(data: Any) -> Any:
+def _build_codec(data: Any, device: torch.device) -> Any:
+    """The VAE for latent training (None: pixel space). Needs a local diffusers AutoencoderKL folder."""
     if data.vae is None:
         return None
+    if not Path(data.vae).exists():
+        raise FileNotFoundError(
+            f"data.vae {data.vae!r} is not a local folder; download it once (e.g. `huggingface-cli download "
+            f"{data.vae} --local-dir vae`) and pass --set data.vae=PATH"
+        )
     from ..codecs import VAECodec  # the SD VAE, via diffusers (optional dependency)
 
-    return VAECodec.from_pretrained(data.vae)
+    return VAECodec.from_pretrained(data.vae, device=device)
 
 
 def _init_from(net: nn.Module, path: str, log) -> None:
@@ -280,16 +287,26 @@ def _train(
 
     # -- data and model ------------------------------------------------------------------------------
     dataset = build_dataset(config.data)
-    codec = _build_codec(config.data)
+    codec = _build_codec(config.data, device)
     if codec is None:
         in_channels, input_size = dataset.channels, config.data.image_size
     else:
         in_channels = int(codec.latent_channels)
         input_size = config.data.image_size // int(codec.downsample_factor)
     num_classes = dataset.num_classes
-    sizes = {
+    chosen = {  # what the config sets explicitly; the rest comes from the preset
         k: getattr(config.model, k)
-        for k in ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
+        for k in (
+            "depth",
+            "hidden_size",
+            "num_heads",
+            "patch_size",
+            "mlp_ratio",
+            "block",
+            "norm",
+            "pos_embed",
+        )
+        + ("final_layer", "learn_sigma")
         if getattr(config.model, k) is not None
     }
     mcfg = model_config(
@@ -297,12 +314,13 @@ def _train(
         input_size=input_size,
         in_channels=in_channels,
         num_classes=num_classes,
-        learn_sigma=config.model.learn_sigma,
         class_dropout_prob=config.model.class_dropout_prob if num_classes else 0.0,
-        **sizes,
+        **chosen,
     )
     if ckpt is not None and ModelConfig.from_dict(ckpt["model_config"]) != mcfg:
-        raise ValueError(f"{ckpt_path}: its model config differs from the one this config builds; start a new run")
+        raise ValueError(
+            f"{ckpt_path}: its model config differs from the one this config builds; start a new run"
+        )
 
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
     net = build_model(mcfg).to(device)
@@ -365,21 +383,25 @@ def _train(
     model.train()
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
 
-    # -- signals: the first Ctrl-C asks for a checkpoint and a clean stop, the second one kills ---------
+    # -- signals: Ctrl-C (SIGINT) or a scheduler's SIGTERM asks for a checkpoint and a clean stop at the
+    # end of the step; a second Ctrl-C aborts at once.
     stop_requested = {"flag": False}
 
-    def on_sigint(signum, frame):  # noqa: ARG001
-        if stop_requested["flag"]:
+    def on_signal(signum, frame):  # noqa: ARG001
+        if stop_requested["flag"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop_requested["flag"] = True
         if info.is_main:
             from tqdm.auto import tqdm
 
-            tqdm.write("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+            tqdm.write(
+                f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint (Ctrl-C again to abort)"
+            )
 
-    previous_handler = None
-    with contextlib.suppress(ValueError):  # signal only works in the main thread
-        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    previous_handlers: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # signal handlers can only be set in the main thread
+            previous_handlers[signum] = signal.signal(signum, on_signal)
 
     def amp():
         if autocast_dtype is None:
@@ -387,10 +409,13 @@ def _train(
         return torch.autocast(device.type, dtype=autocast_dtype)
 
     stream = IndexStream(len(dataset), tcfg.seed)
+    reader = StepBatches(dataset, stream, tcfg.batch_size, tcfg.grad_accum, info.world_size, info.rank)
+    # In-memory data (digits) is sliced directly; image folders may decode ahead in worker processes.
+    workers = 0 if isinstance(dataset, TensorDataset) else config.data.num_workers
     labels_all = dataset.labels
     sample_shape = (in_channels, input_size, input_size)
     null = mcfg.null_label
-    accum, world, rank = tcfg.grad_accum, info.world_size, info.rank
+    accum = tcfg.grad_accum
     params = [p for p in net.parameters() if p.requires_grad]
     check_each_step = device.type == "cpu" and not info.enabled
     last_ckpt: Path | None = ckpt_path
@@ -456,7 +481,9 @@ def _train(
         pending.extend(values)
         bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
         if bad is not None:
-            where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+            where = (
+                f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+            )
             raise TrainingDiverged(
                 f"training diverged: the loss is {values[bad]} at step {first + bad + 1}; stopped without "
                 f"saving ({where}); try a lower --lr, --set train.grad_clip=1.0 or train.precision=fp32"
@@ -496,6 +523,7 @@ def _train(
     )
     lr = schedule(step)
     try:
+        batches = step_batches(reader, step, tcfg.max_steps, workers)
         while step < tcfg.max_steps:
             lr = schedule.apply(opt, step)
             # -- random draws for the global batch, always in this order ---------------------------
@@ -506,17 +534,23 @@ def _train(
             if num_classes and mcfg.class_dropout_prob > 0:
                 y_all = drop_labels(y_all, mcfg.class_dropout_prob, null, generator=gen)
             flip_all = torch.rand(tcfg.batch_size, generator=gen) < 0.5 if config.data.hflip else None
+            # a fresh VAE posterior sample every step (fast-DiT freezes one), from the same generator
+            post_all = (
+                torch.randn((tcfg.batch_size, *sample_shape), generator=gen) if codec is not None else None
+            )
 
             step_loss = torch.zeros((), device=device)
+            images = next(batches)  # this process's micro-batches of step `step`
             for m in range(accum):
-                part = slice((m * world + rank) * per_micro, (m * world + rank + 1) * per_micro)
-                x, _ = dataset.load(idx[part])
+                part = reader.micro_slice(m)
+                x = images[m]
                 if flip_all is not None:
                     x = torch.where(flip_all[part].view(-1, 1, 1, 1), x.flip(-1), x)
                 x = x.to(device, non_blocking=True)
                 if codec is not None:
                     with torch.no_grad():
-                        x = codec.encode(x)
+                        mean, std = codec.encode_posterior(x)
+                        x = (mean + std * post_all[part].to(device)) * codec.scaling_factor
                 y = y_all[part].to(device) if num_classes else None
                 sync = contextlib.nullcontext() if (not info.enabled or m == accum - 1) else model.no_sync()
                 with sync:
@@ -539,7 +573,9 @@ def _train(
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
             elif (step + 1) % tcfg.log_every == 0:
                 grads = [p.grad.detach().float() for p in params if p.grad is not None]
-                grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                grad_norm = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                )
             if scaler is not None:
                 scaler.step(opt)
                 scaler.update()
@@ -558,9 +594,9 @@ def _train(
                 write_log(lr)
             elif want_ckpt or want_grid or check_each_step:
                 collect()  # never checkpoint or sample a model whose loss went NaN
-            stop = (stop_at is not None and step >= stop_at) or (
-                sync_stop() if (boundary or not info.enabled) else False
-            )
+            # Ranks agree on stopping through an all-reduce: every step on the CPU (cheap), every 10 on GPUs.
+            sync_now = boundary or not info.enabled or device.type == "cpu" or step % 10 == 0
+            stop = (stop_at is not None and step >= stop_at) or (sync_stop() if sync_now else False)
             if want_ckpt or stop:
                 save()
             if want_grid:
@@ -571,17 +607,15 @@ def _train(
                 break
     finally:
         bar.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         if info.is_main:
             monitor.flush()
             monitor.close()
 
     wall = time.time() - started
     if info.is_main and status == "done":
-        log(
-            f"finished {step - start_step} steps in {wall:.1f} s; checkpoint {last_ckpt}; grid {last_grid}"
-        )
+        log(f"finished {step - start_step} steps in {wall:.1f} s; checkpoint {last_ckpt}; grid {last_grid}")
     return TrainResult(
         run_dir=folder if info.is_main else None,
         checkpoint=last_ckpt if info.is_main else None,
@@ -593,8 +627,3 @@ def _train(
         resumed_from=ckpt_path,
         num_parameters=net.num_parameters(),
     )
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None

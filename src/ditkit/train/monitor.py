@@ -61,6 +61,7 @@ def save_loss_curve(metrics_path: Path, out_path: Path, title: str = "") -> Path
         ax2 = ax.twinx()
         ax2.plot(steps, [r.get("lr", float("nan")) for r in rows], color="tab:orange", alpha=0.6, label="lr")
         ax2.set_ylabel("learning rate", color="tab:orange")
+        ax2.set_ylim(bottom=0)
     ax.set_title(title or "training loss")
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two AdamW groups: matrices and conv kernels decay; biases, norm scales and embedding tables do not.
 
     Weight decay pulls a weight towards zero, which is regularisation for a projection but a distortion
-    for a bias, a normalisation gain, or a label embedding (rare classes would shrink faster than common
+    for a bias, a normalisation gain, a (learned) position embedding or a label embedding (rare classes would shrink faster than common
     ones, and the null row of classifier-free guidance would drift).
     """
     decay, no_decay = [], []
@@ -25,7 +25,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            if isinstance(module, _NO_DECAY_MODULES) or p.ndim < 2 or name.endswith("bias"):
+            if (
+                isinstance(module, _NO_DECAY_MODULES)
+                or p.ndim < 2
+                or name.endswith("bias")
+                or "pos_embed" in name  # a learned position embedding is an embedding table too
+            ):
                 no_decay.append(p)
             else:
                 decay.append(p)

@@ -1,0 +1,206 @@
+"""`--data PATH`: find out what kind of data set a path is and build it, with its label columns.
+
+Checked in this order:
+    digits                      the embedded scikit-learn digits
+    DIR/index.json              a latent cache written by `ditkit encode` (training skips the VAE encoder)
+    DIR/dataset_info.json       a Hugging Face `datasets` folder (save_to_disk), e.g. huggan/wikiart
+      + state.json, or DIR/dataset_dict.json
+    DIR/list_attr_celeba.txt    CelebA (+ DIR/img_align_celeba/); also .csv, also under DIR/Anno/
+    DIR/*.csv, *.jsonl          a folder of images with a manifest naming each image and its labels
+                                (one manifest with an image column; several: pass the file itself)
+    DIR/*.parquet, DIR/data/*.parquet   Parquet shards of one table
+    DIR/<class>/...images       one subfolder per class (the ImageNet layout)
+    DIR/*.png ...               a folder of images without labels (unconditional)
+    FILE.parquet                a Parquet table
+    FILE.arrow / .feather       an Arrow IPC table
+    FILE.csv / .jsonl / .json   a manifest (image paths relative to its folder)
+
+Anything else is a one-line error listing these layouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .celeba import CelebADataset, is_celeba_folder
+from .images import IMAGE_SUFFIXES, ImageDataset, list_images
+from .latents import LatentCache, is_latent_cache
+from .tables import (
+    ManifestDataset,
+    TableDataset,
+    hf_dataset,
+    is_hf_dataset_folder,
+    pick_image_column,
+    pick_label_columns,
+    read_manifest,
+)
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+TABLE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow"}
+LAYOUTS = (
+    "a folder with one subfolder of images per class, a folder of images (optionally with a CSV/JSONL "
+    "manifest of labels), a .parquet/.arrow file, a Hugging Face datasets folder (save_to_disk), a CelebA "
+    "folder (img_align_celeba/ + list_attr_celeba.txt) or a latent cache from `ditkit encode`"
+)
+
+
+class FolderDataset(ImageDataset):
+    """One subfolder per class (names from the folders), or images directly in the folder (unconditional).
+
+    Classes are the sorted folder names, as torchvision's ImageFolder orders them, except that all-numeric
+    folder names ("0" ... "10") sort as numbers, so class "10" is id 10. Images are found recursively inside
+    each class folder; empty class folders are ignored (with a note), hidden files and folders too."""
+
+    kind_description = "image folder"
+
+    def __init__(self, root: str | Path, image_size: int, label_columns: Sequence[str] = ()) -> None:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such data folder")
+        if not root.is_dir():
+            raise ValueError(f"{root}: expected a folder of images (one subfolder per class)")
+        self.notes: list[str] = []
+        subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        found = {p.name: list_images(p) for p in subdirs}
+        empty = sorted(n for n, f in found.items() if not f)
+        classes = [n for n, f in found.items() if f]
+        if all(n.isdigit() for n in classes):
+            classes.sort(key=int)
+        else:
+            classes.sort()
+        top = list_images(root, recursive=False)
+        files: list[Path] = []
+        labels: list[int] = []
+        if classes:
+            if empty:
+                self.notes.append(f"ignored {len(empty)} folder(s) without images: {', '.join(empty[:5])}")
+            if top:
+                self.notes.append(f"ignored {len(top)} image(s) directly in {root} (not in a class folder)")
+            for i, name in enumerate(classes):
+                files += found[name]
+                labels += [i] * len(found[name])
+        else:
+            files, labels = top, [0] * len(top)
+        if not files:
+            raise ValueError(
+                f"{root}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))} files, in one "
+                "subfolder per class or directly in the folder)"
+            )
+        columns = ["class"] if classes else []
+        chosen = pick_label_columns(label_columns, columns, str(root)) if label_columns else columns
+        self.root, self.files, self.image_size, self.name = root, files, image_size, root.name
+        if chosen:
+            self.labels = torch.tensor(labels, dtype=torch.long)
+            self.label_names = list(classes)
+            self.label_columns = ("class",)
+        else:
+            self.labels, self.label_names, self.label_columns = None, None, ()
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def source(self, index: int) -> Path:
+        return self.files[index]
+
+    def describe(self, index: int) -> str:
+        return str(self.files[index])
+
+
+def _manifests_in(folder: Path) -> list[Path]:
+    """Manifest files at the top of a folder that have an image column."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES and not p.name.startswith("."):
+            if p.name in ("dataset_info.json", "state.json", "dataset_dict.json", "index.json", "plan.json"):
+                continue
+            try:
+                rows = read_manifest(p)
+                columns = list(dict.fromkeys(k for row in rows[:50] for k in row))
+                pick_image_column(columns, str(p))
+            except (ValueError, OSError, UnicodeDecodeError):
+                continue
+            out.append(p)
+    return out
+
+
+def detect(path: str | Path) -> str:
+    """The kind of data set at `path` (see the module docstring); raises a one-line error otherwise."""
+    if str(path) == "digits":
+        return "digits"
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder (--data takes {LAYOUTS}, or 'digits')")
+    if p.is_file():
+        suffix = p.suffix.lower()
+        if suffix in TABLE_SUFFIXES:
+            return TABLE_SUFFIXES[suffix]
+        if suffix in MANIFEST_SUFFIXES:
+            return "manifest"
+        if suffix in IMAGE_SUFFIXES:
+            raise ValueError(f"{p}: one image is not a data set; pass the folder that holds the images")
+        raise ValueError(f"{p}: not a data set ditkit reads; --data takes {LAYOUTS}")
+    if is_latent_cache(p):
+        return "latents"
+    if is_hf_dataset_folder(p):
+        return "hf-datasets"
+    if is_celeba_folder(p):
+        return "celeba"
+    if _manifests_in(p):
+        return "manifest"
+    if sorted(p.glob("*.parquet")) or sorted(p.glob("data/*.parquet")):
+        return "parquet-folder"
+    if any(s.is_dir() and list_images(s) for s in p.iterdir() if not s.name.startswith(".")) or list_images(
+        p, recursive=False
+    ):
+        return "folder"
+    raise ValueError(f"{p}: no images or tables found; --data takes {LAYOUTS}")
+
+
+def open_dataset(
+    path: str | Path, image_size: int, label_columns: Sequence[str] = (), *, split: str | None = None
+) -> Any:
+    """The data set at `path`: an ImageDataset (images decoded on demand) or a LatentCache.
+
+    label_columns: the attributes to condition on (e.g. ["genre", "style"] or ["Male"]); () takes the
+    source's default (class folders, or a column named label/class), ["none"] trains unconditionally."""
+    label_columns = [c for c in (label_columns or ()) if c]
+    kind = detect(path)
+    if kind == "digits":
+        from .digits import digits_dataset
+
+        if label_columns and label_columns != ["none"]:
+            raise ValueError("the digits data set has one label (the digit); drop --label-columns")
+        ds = digits_dataset(image_size)
+        if label_columns == ["none"]:
+            ds.label_names = None
+        return ds
+    p = Path(path)
+    if kind == "latents":
+        return LatentCache(p, label_columns)
+    if kind == "hf-datasets":
+        return hf_dataset(p, image_size, label_columns, split=split)
+    if kind == "celeba":
+        return CelebADataset(p, image_size, label_columns)
+    if kind == "manifest":
+        if p.is_file():
+            return ManifestDataset(p, image_size, label_columns)
+        found = _manifests_in(p)
+        if len(found) > 1:
+            raise ValueError(
+                f"{p}: several manifests ({', '.join(f.name for f in found)}); pass the one to use as --data"
+            )
+        return ManifestDataset(found[0], image_size, label_columns)
+    if kind in ("parquet", "arrow"):
+        return TableDataset([p], image_size, label_columns, root=p, fmt=kind)
+    if kind == "parquet-folder":
+        files = sorted(p.glob("*.parquet")) or sorted(p.glob("data/*.parquet"))
+        train = [f for f in files if f.name.startswith("train")]
+        if train and len(train) != len(files):
+            files = train  # the Hugging Face hub layout: data/train-00000-of-00003.parquet, data/test-...
+        return TableDataset(files, image_size, label_columns, root=p, fmt="parquet")
+    return FolderDataset(p, image_size, label_columns)

@@ -1,0 +1,509 @@
+"""Images with label columns: a folder plus a CSV/JSONL manifest, a Parquet or Arrow file, or a Hugging Face
+`datasets` folder written by `save_to_disk` (the huggan/wikiart layout: `image`, `artist`, `genre`, `style`,
+with class-label integers whose names live in the dataset's features).
+
+Label columns become class ids with names (`encode_column`), never silently:
+- class-label integers with names (Hugging Face `ClassLabel`): ids as stored, names from the features;
+  -1 (the Hugging Face "no label") is an error naming the column;
+- strings: sorted unique values (all-digit strings are read as integers, below);
+- non-negative integers without names: the integer is the class id, its name is the number as text;
+- ±1 or true/false (CelebA attributes): "not COL" / "COL" (`--label-columns Male` gives "not Male" and
+  "Male", with the synonyms "female" / "male");
+- anything else (floats, negative integers, empty cells) is a one-line error naming the column and row.
+
+Parquet and Arrow need `pyarrow` (`pip install 'ditkit[data]'`); nothing else from Hugging Face is needed to
+read a saved `datasets` folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .images import ImageDataset
+
+# Column names taken as the image (a file path, or encoded bytes in tables), in order of preference.
+IMAGE_COLUMNS = ("image", "img", "file_name", "filename", "file", "path", "image_path", "image_file", "dir")
+# Columns used as the label when --label-columns is not given; other sources train unconditionally.
+DEFAULT_LABEL_COLUMNS = ("label", "labels", "class", "class_label", "category")
+# Extra names for ±1 attributes (CelebA): (name of -1, name of +1).
+ATTRIBUTE_SYNONYMS = {"male": ("female", "male"), "young": ("old", "young")}
+
+
+def require_pyarrow(what: str):
+    try:
+        import pyarrow
+    except ImportError:
+        raise ValueError(
+            f"reading {what} needs pyarrow: pip install 'ditkit[data]' (or pip install pyarrow)"
+        ) from None
+    return pyarrow
+
+
+# -- label columns ----------------------------------------------------------------------------------
+def _binary_names(column: str) -> list[str]:
+    extra = ATTRIBUTE_SYNONYMS.get(column.lower())
+    if extra:
+        return [f"not {column}, {extra[0]}", f"{column}, {extra[1]}"]
+    return [f"not {column}", column]
+
+
+def encode_column(
+    column: str, values: Sequence[Any], names: Sequence[str] | None = None, where: str = "data"
+) -> tuple[torch.Tensor, list[str]]:
+    """Class ids (N,) int64 and the class names of one label column (rules in the module docstring)."""
+    values = list(values)
+    for row, v in enumerate(values):
+        if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v):
+            raise ValueError(f"{where}: row {row} has no value in label column {column!r}")
+    if names is not None:
+        names = [str(n) for n in names]
+        ids = []
+        for row, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{where}: column {column!r} should hold class ids, row {row} holds {v!r}")
+            if v == -1:
+                raise ValueError(f"{where}: row {row} has no label (-1) in column {column!r}")
+            if not 0 <= v < len(names):
+                raise ValueError(
+                    f"{where}: row {row} has class id {v} in column {column!r}, which has {len(names)} names"
+                )
+            ids.append(v)
+        return torch.tensor(ids, dtype=torch.long), names
+    if all(isinstance(v, bool) for v in values):
+        return torch.tensor([int(v) for v in values], dtype=torch.long), _binary_names(column)
+    if all(isinstance(v, str) for v in values):
+        stripped = [v.strip() for v in values]
+        if all(s.lstrip("+-").isdigit() for s in stripped):
+            values = [int(s) for s in stripped]  # numbers written as text (CSV): read as integers below
+        elif {s.lower() for s in stripped} <= {"true", "false"}:
+            return torch.tensor([int(s.lower() == "true") for s in stripped], dtype=torch.long), _binary_names(
+                column
+            )
+        else:
+            vocab = sorted(set(stripped))
+            lookup = {n: i for i, n in enumerate(vocab)}
+            return torch.tensor([lookup[s] for s in stripped], dtype=torch.long), vocab
+    if all(isinstance(v, float) and float(v).is_integer() for v in values):
+        values = [int(v) for v in values]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        distinct = set(values)
+        if distinct <= {-1, 1} and -1 in distinct:  # CelebA-style attribute
+            return torch.tensor([int(v == 1) for v in values], dtype=torch.long), _binary_names(column)
+        low = min(values) if values else 0
+        if low < 0:
+            raise ValueError(
+                f"{where}: label column {column!r} holds negative integers ({low}); use class ids 0..K-1, "
+                "names, or ±1 attributes"
+            )
+        top = max(values) if values else -1
+        if top >= 100_000:
+            raise ValueError(f"{where}: label column {column!r} holds ids up to {top}; is it really a class label?")
+        return torch.tensor(values, dtype=torch.long), [str(i) for i in range(top + 1)]
+    kinds = sorted({type(v).__name__ for v in values})
+    raise ValueError(
+        f"{where}: column {column!r} is not a class label (it holds {', '.join(kinds)}); label columns hold "
+        "names, class ids or ±1 attributes"
+    )
+
+
+def pick_label_columns(
+    requested: Sequence[str], available: Sequence[str], where: str, *, exclude: Sequence[str] = ()
+) -> list[str]:
+    """The label columns to use: the requested ones (each must exist), else a default-named column, else none.
+
+    `requested == ["none"]` forces unconditional training."""
+    candidates = [c for c in available if c not in exclude]
+    if list(requested) == ["none"]:
+        return []
+    if requested:
+        lower = {c.lower(): c for c in candidates}
+        out = []
+        for col in requested:
+            if col in candidates:
+                out.append(col)
+            elif col.lower() in lower:
+                out.append(lower[col.lower()])
+            else:
+                close = difflib.get_close_matches(col, candidates, n=1, cutoff=0.5)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(
+                    f"{where}: no label column {col!r}{hint}; columns: {', '.join(candidates) or '(none)'}"
+                )
+        if len(set(out)) != len(out):
+            raise ValueError(f"{where}: label column given twice in {list(requested)}")
+        return out
+    for name in DEFAULT_LABEL_COLUMNS:
+        for c in candidates:
+            if c.lower() == name:
+                return [c]
+    return []
+
+
+def encode_columns(
+    columns: dict[str, Sequence[Any]], names: dict[str, Sequence[str] | None], where: str
+) -> tuple[torch.Tensor | None, list[str] | dict[str, list[str]] | None]:
+    """Labels (N,) for one column or (N, K) for several, with a list or a dict of class names."""
+    if not columns:
+        return None, None
+    encoded = {c: encode_column(c, v, names.get(c), where) for c, v in columns.items()}
+    if len(encoded) == 1:
+        ((ids, vocab),) = encoded.values()
+        return ids, vocab
+    labels = torch.stack([ids for ids, _ in encoded.values()], dim=1)
+    return labels, {c: vocab for c, (_, vocab) in encoded.items()}
+
+
+def pick_image_column(columns: Sequence[str], where: str, types: dict[str, str] | None = None) -> str:
+    """The column holding the images: an Image feature / binary column, else a conventional name."""
+    types = types or {}
+    for c in columns:
+        if types.get(c) == "image":
+            return c
+    lower = {c.lower(): c for c in columns}
+    for name in IMAGE_COLUMNS:
+        if name in lower:
+            return lower[name]
+    raise ValueError(
+        f"{where}: no image column (looked for {', '.join(IMAGE_COLUMNS)}); columns: {', '.join(columns)}"
+    )
+
+
+# -- a folder of images with a CSV / JSONL manifest ----------------------------------------------------
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV (header line) or JSONL (one object per line) file."""
+    if path.suffix.lower() == ".csv" or path.suffix.lower() == ".tsv":
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(4096)
+            fh.seek(0)
+            delimiter = "\t" if path.suffix.lower() == ".tsv" or sample.count("\t") > sample.count(",") else ","
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            if not reader.fieldnames:
+                raise ValueError(f"{path}: empty manifest (no header line)")
+            rows = []
+            for lineno, row in enumerate(reader, start=2):
+                if None in row:
+                    raise ValueError(f"{path}: line {lineno} has more fields than the header")
+                rows.append(row)
+            return rows
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        data = json.loads(text)
+        rows = [r for r in data if isinstance(r, dict)]
+        if len(rows) != len(data):
+            raise ValueError(f"{path}: a JSON manifest must be a list of objects")
+        return rows
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {lineno} is not a JSON object")
+        rows.append(row)
+    return rows
+
+
+class ManifestDataset(ImageDataset):
+    """A CSV/JSONL manifest: one row per image, an image-path column (relative to the manifest's folder, or
+    to `image_root`) and label columns."""
+
+    kind_description = "manifest"
+
+    def __init__(
+        self,
+        manifest: str | Path,
+        image_size: int,
+        label_columns: Sequence[str] = (),
+        image_root: str | Path | None = None,
+    ) -> None:
+        manifest = Path(manifest)
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: no such manifest file")
+        rows = read_manifest(manifest)
+        if not rows:
+            raise ValueError(f"{manifest}: the manifest lists no images")
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        image_col = pick_image_column(columns, str(manifest))
+        chosen = pick_label_columns(label_columns, columns, str(manifest), exclude=[image_col])
+        base = Path(image_root) if image_root is not None else manifest.parent
+        files, missing = [], []
+        for row in rows:
+            value = row.get(image_col)
+            if value is None or not str(value).strip():
+                raise ValueError(f"{manifest}: a row has no value in the image column {image_col!r}")
+            p = Path(str(value).strip())
+            p = p if p.is_absolute() else base / p
+            if not p.is_file():
+                missing.append(str(value))
+            files.append(p)
+        if missing:
+            shown = ", ".join(missing[:3])
+            raise ValueError(
+                f"{manifest}: {len(missing)} of {len(rows)} listed files do not exist (e.g. {shown}); paths are "
+                f"read relative to {base}"
+            )
+        self.labels, self.label_names = encode_columns(
+            {c: [row.get(c) for row in rows] for c in chosen}, {}, str(manifest)
+        )
+        self.root, self.files, self.image_size = manifest, files, image_size
+        self.label_columns = tuple(chosen)
+        self.columns = columns
+        self.name = manifest.parent.name or manifest.stem
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def source(self, index: int) -> Path:
+        return self.files[index]
+
+    def describe(self, index: int) -> str:
+        return str(self.files[index])
+
+
+# -- Arrow / Parquet tables and Hugging Face `datasets` folders -----------------------------------------
+def _hf_features(info: dict[str, Any] | None) -> dict[str, Any]:
+    if not isinstance(info, dict):
+        return {}
+    feats = info.get("features")
+    return feats if isinstance(feats, dict) else {}
+
+
+def _feature_kind(feature: Any) -> tuple[str, list[str] | None]:
+    """("image" | "class_label" | "other", names) for a Hugging Face feature description."""
+    if isinstance(feature, dict):
+        t = feature.get("_type")
+        if t == "Image":
+            return "image", None
+        if t == "ClassLabel":
+            return "class_label", [str(n) for n in feature.get("names") or []]
+    return "other", None
+
+
+def _schema_features(schema) -> dict[str, Any]:
+    """Features from the `huggingface` metadata that datasets writes into Parquet/Arrow schemas."""
+    meta = schema.metadata or {}
+    raw = meta.get(b"huggingface")
+    if not raw:
+        return {}
+    try:
+        return _hf_features(json.loads(raw).get("info"))
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+
+
+class TableDataset(ImageDataset):
+    """One or more Arrow/Parquet files with an image column (encoded bytes, a {bytes, path} struct as the
+    Hugging Face Image feature stores it, or a path relative to the table) and label columns.
+
+    Label columns are read into memory at once; image bytes are read on demand: Arrow files through a
+    memory map, Parquet one row group at a time (kept in a small cache). For large Parquet data sets, cache
+    the latents once with `ditkit encode` (a sequential pass) rather than training on the table directly.
+    """
+
+    kind_description = "table"
+
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        image_size: int,
+        label_columns: Sequence[str] = (),
+        *,
+        root: str | Path | None = None,
+        features: dict[str, Any] | None = None,
+        fmt: str = "parquet",
+    ) -> None:
+        require_pyarrow("Parquet/Arrow data")
+        self.paths = [Path(f) for f in files]
+        self.fmt = fmt
+        self.root = Path(root) if root is not None else self.paths[0]
+        self.image_size = image_size
+        where = str(self.root)
+        schema = self._schema(self.paths[0])
+        feats = dict(features or {}) or _schema_features(schema)
+        columns = list(schema.names)
+        types = {}
+        for c in columns:
+            kind, _ = _feature_kind(feats.get(c))
+            if kind == "image" or _is_image_type(schema.field(c).type):
+                types[c] = "image"
+        self.image_column = pick_image_column(columns, where, types)
+        chosen = pick_label_columns(label_columns, columns, where, exclude=[self.image_column])
+        values: dict[str, list] = {c: [] for c in chosen}
+        self._offsets = [0]
+        for p in self.paths:
+            table = self._read_columns(p, chosen)
+            for c in chosen:
+                values[c].extend(table.column(c).to_pylist())
+            self._offsets.append(self._offsets[-1] + table.num_rows)
+        names = {c: _feature_kind(feats.get(c))[1] for c in chosen}
+        for c in chosen:
+            field_type = schema.field(c).type
+            if names[c] is None and _is_dictionary(field_type):
+                values[c] = [None if v is None else str(v) for v in values[c]]
+        self.labels, self.label_names = encode_columns(values, names, where)
+        self.label_columns = tuple(chosen)
+        self.columns = columns
+        self.name = self.root.stem if self.root.is_file() else self.root.name
+        if len(self) == 0:
+            raise ValueError(f"{where}: the table has no rows")
+
+    # -- file access ------------------------------------------------------------------------------------
+    def _schema(self, path: Path):
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                return pq.read_schema(path)
+            except Exception as err:
+                raise ValueError(f"{path}: not a readable Parquet file ({str(err)[:160]})") from None
+        return self._arrow(path).schema
+
+    def _arrow(self, path: Path):
+        """An Arrow IPC file (random-access or stream format) as a memory-mapped table."""
+        import pyarrow as pa
+
+        cache = self.__dict__.setdefault("_handle_arrow", {})
+        if path not in cache:
+            try:
+                source = pa.memory_map(str(path), "r")
+                try:
+                    table = pa.ipc.open_file(source).read_all()
+                except pa.ArrowInvalid:
+                    source = pa.memory_map(str(path), "r")
+                    table = pa.ipc.open_stream(source).read_all()
+            except Exception as err:
+                raise ValueError(f"{path}: not a readable Arrow file ({str(err)[:160]})") from None
+            cache[path] = table
+        return cache[path]
+
+    def _read_columns(self, path: Path, columns: list[str]):
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path, columns=columns)
+        return self._arrow(path).select(columns)
+
+    def __len__(self) -> int:
+        return self._offsets[-1]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        import bisect
+
+        f = bisect.bisect_right(self._offsets, index) - 1
+        return f, index - self._offsets[f]
+
+    def _cell(self, index: int) -> Any:
+        f, row = self._locate(index)
+        path = self.paths[f]
+        if self.fmt != "parquet":
+            return self._arrow(path).column(self.image_column)[row].as_py()
+        import pyarrow.parquet as pq
+
+        files = self.__dict__.setdefault("_handle_parquet", {})
+        if path not in files:
+            files[path] = pq.ParquetFile(path)
+        pf = files[path]
+        starts = self.__dict__.setdefault("_row_group_starts", {})
+        if path not in starts:
+            bounds, total = [], 0
+            for g in range(pf.num_row_groups):
+                bounds.append(total)
+                total += pf.metadata.row_group(g).num_rows
+            starts[path] = bounds
+        import bisect
+
+        g = bisect.bisect_right(starts[path], row) - 1
+        cache = self.__dict__.setdefault("_handle_groups", {})
+        key = (path, g)
+        if key not in cache:
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[key] = pf.read_row_group(g, columns=[self.image_column]).column(0)
+        return cache[key][row - starts[path][g]].as_py()
+
+    def source(self, index: int) -> bytes | Path:
+        cell = self._cell(index)
+        if isinstance(cell, dict):  # the Hugging Face Image feature: {"bytes": ..., "path": ...}
+            if cell.get("bytes"):
+                return cell["bytes"]
+            cell = cell.get("path")
+        if isinstance(cell, bytes | bytearray):
+            return bytes(cell)
+        if isinstance(cell, str) and cell:
+            p = Path(cell)
+            base = self.root if self.root.is_dir() else self.root.parent
+            return p if p.is_absolute() else base / p
+        return b""  # an empty cell: reported as unreadable
+
+    def describe(self, index: int) -> str:
+        try:
+            cell = self._cell(index)
+        except Exception:
+            cell = None
+        path = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
+        return f"{self.name}[{index}]" + (f" ({path})" if path else "")
+
+
+def _is_image_type(t) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return True
+    if pa.types.is_struct(t):
+        names = {t.field(i).name for i in range(t.num_fields)}
+        return "bytes" in names
+    return False
+
+
+def _is_dictionary(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_dictionary(t)
+
+
+# -- Hugging Face `save_to_disk` folders ---------------------------------------------------------------
+def is_hf_dataset_folder(path: Path) -> bool:
+    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file() or (
+        path / "dataset_dict.json"
+    ).is_file()
+
+
+def hf_dataset(folder: Path, image_size: int, label_columns: Sequence[str] = (), split: str | None = None):
+    """A folder written by `datasets.Dataset.save_to_disk` (or a DatasetDict's: its `train` split)."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits") or []
+        pick = split or ("train" if "train" in splits else (splits[0] if len(splits) == 1 else None))
+        if pick is None or not (folder / pick).is_dir():
+            raise ValueError(
+                f"{folder}: a dataset with splits {', '.join(splits)}; pass the split folder, e.g. {folder / splits[0]}"
+                if splits
+                else f"{folder}: dataset_dict.json lists no splits"
+            )
+        folder = folder / pick
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        info = json.loads((folder / "dataset_info.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{folder}: unreadable datasets metadata ({err})") from None
+    files = [folder / f["filename"] for f in state.get("_data_files", []) if "filename" in f]
+    if not files:
+        files = sorted(folder.glob("*.arrow"))
+    if not files:
+        raise ValueError(f"{folder}: a datasets folder without .arrow data files")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"{folder}: data files missing: {', '.join(missing[:3])}")
+    ds = TableDataset(files, image_size, label_columns, root=folder, features=_hf_features(info), fmt="arrow")
+    ds.kind_description = "datasets folder"
+    return ds
