@@ -200,3 +200,19 @@ def test_single_channel_pil():
     pipe = DiTPipeline(tiny_model(in_channels=1))
     img = pipe([0], num_inference_steps=2).images[0]
     assert img.mode == "L" and img.size == (8, 8)
+
+
+def test_from_pretrained_reads_the_checkpoint_process(tmp_path):
+    """A ditkit training checkpoint carries its run config: the pipeline samples with that schedule."""
+    from ditkit.diffusion import get_betas
+
+    model = tiny_model(seed=2)
+    ckpt = {
+        "format": "ditkit-checkpoint", "version": 1, "model_config": model.config.to_dict(),
+        "model": model.state_dict(), "ema": model.state_dict(), "step": 3, "label_names": ["a", "b", "c", "d", "e"],
+        "config": {"process": {"schedule": "cosine", "num_timesteps": 1000}, "data": {"vae": None}},
+    }
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    pipe = DiTPipeline.from_pretrained(tmp_path / "ckpt.pt")
+    np.testing.assert_allclose(pipe.process.betas, get_betas("cosine", 1000))
+    assert pipe.get_label_ids(["c"]) == [2]

@@ -73,9 +73,18 @@ class ModelSection:
     final_layer: str | None = None
     learn_sigma: bool | None = None  # None = the preset's (True for the official sizes)
     # Label dropout for classifier-free guidance; 0 trains without a null label (no guidance possible).
+    # With several label columns this drops all attributes of a sample together ("joint" dropout).
     class_dropout_prob: float = 0.1
-    # Start from these weights (a ditkit checkpoint or anything `ditkit.load_model` reads); tensors whose
-    # shapes differ (e.g. the label table of a new class set) keep their fresh init.
+    # Multi-attribute models: also drop each attribute on its own with this probability, so guidance works
+    # on any subset of attributes (e.g. style only). Needs class_dropout_prob > 0 (the null rows).
+    attribute_dropout_prob: float = 0.0
+    # Embedding conditioning (seed 003): an encoder spec ("toy:64", "open_clip:ViT-B-32:/path/weights.bin").
+    # Training conditions on the embedding of each training image (dropped to the all-zero null embedding
+    # with class_dropout_prob); sampling can use text prompts or images. cond_dim 0 = the encoder's width.
+    encoder: str | None = None
+    cond_dim: int = 0
+    # Start from these weights (anything `ditkit.load_model` reads, e.g. the official DiT-XL-2-256x256.pt):
+    # the transformer is kept, label tables adapt to the new class set (ditkit.finetune), with a report.
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -87,6 +96,21 @@ class ModelSection:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
         if not 0.0 <= self.class_dropout_prob < 1.0:
             raise ValueError(f"model.class_dropout_prob must be in [0, 1), got {self.class_dropout_prob!r}")
+        if not 0.0 <= self.attribute_dropout_prob < 1.0:
+            raise ValueError(
+                f"model.attribute_dropout_prob must be in [0, 1), got {self.attribute_dropout_prob!r}"
+            )
+        if self.attribute_dropout_prob > 0 and self.class_dropout_prob == 0:
+            raise ValueError(
+                "model.attribute_dropout_prob needs model.class_dropout_prob > 0 (the null rows it drops to)"
+            )
+        if self.cond_dim < 0:
+            raise ValueError(f"model.cond_dim must be >= 0, got {self.cond_dim!r}")
+        if self.cond_dim and not self.encoder:
+            raise ValueError(
+                "model.cond_dim needs model.encoder (training embeds each batch's images), e.g. "
+                "--set model.encoder=toy:64"
+            )
 
 
 @dataclass(frozen=True)
@@ -103,10 +127,16 @@ class ProcessSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    """Training images. `path` is "digits" (scikit-learn's bundled 8x8 digits, nothing to download) or a
-    folder of images, with one subfolder per class for class-conditional training."""
+    """Training images. `path` is "digits" (scikit-learn's bundled 8x8 digits, nothing to download) or your
+    data (ditkit.data.sources): a folder with one subfolder per class, a folder of images with a CSV/JSONL
+    manifest, a Parquet/Arrow file, a Hugging Face `datasets` folder, a CelebA folder, or a latent cache
+    written by `ditkit encode`."""
 
     path: str = "digits"
+    # The attributes to condition on: () = the data's own labels (class folders, or a column named
+    # label/class), e.g. ["genre", "style"] for a multi-attribute model or ["Male"] for CelebA; ["none"]
+    # trains unconditionally.
+    label_columns: tuple[str, ...] = ()
     # Pixel side the images are brought to (folders: ADM centre crop; digits: their native 8x8 by default,
     # bicubic upscaling otherwise; see ditkit/data/digits.py for why 8 is the default).
     image_size: int = 8

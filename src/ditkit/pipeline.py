@@ -48,6 +48,7 @@ class DiTPipeline:
         *,
         attributes: dict[str, Sequence[str]] | None = None,
         encoder: Any = None,
+        process: GaussianDiffusion | None = None,
     ) -> None:
         if not isinstance(transformer, DiT):
             raise ValueError(
@@ -77,7 +78,8 @@ class DiTPipeline:
         self._attribute_maps: dict[str, Any] = {}
         # Embedding-conditioned models: an encoder (encode_image / encode_text) turns prompts into conditions.
         self.encoder = encoder
-        self.process = GaussianDiffusion.from_schedule(
+        # The training process: DiT's linear 1000-step schedule unless the checkpoint says otherwise.
+        self.process = process or GaussianDiffusion.from_schedule(
             "linear", 1000, learn_sigma=transformer.config.learn_sigma
         )
 
@@ -235,10 +237,26 @@ class DiTPipeline:
         from .io import load_any
 
         loaded = load_any(path, use_ema=use_ema)
+        extra = loaded.extra or {}
         if vae is None and loaded.vae_path is not None:
             vae = loaded.vae_path
-        attributes = loaded.attributes or (loaded.extra or {}).get("attributes")
-        pipe = cls(loaded.model, vae=vae, id2label=loaded.id2label, attributes=attributes, encoder=encoder)
+        process = None
+        run = extra.get("run_config") or {}  # a ditkit training checkpoint's resolved config
+        if run.get("process"):
+            proc = run["process"]
+            process = GaussianDiffusion.from_schedule(
+                proc.get("schedule", "linear"), proc.get("num_timesteps", 1000), learn_sigma=loaded.config.learn_sigma
+            )
+        if vae is None and (run.get("data") or {}).get("vae"):
+            vae = run["data"]["vae"]  # latent run: the VAE it was trained with
+        if encoder is None and (run.get("model") or {}).get("encoder"):
+            from .encoders import load_encoder
+
+            encoder = load_encoder(run["model"]["encoder"])
+        attributes = loaded.attributes or extra.get("attributes")
+        pipe = cls(
+            loaded.model, vae=vae, id2label=loaded.id2label, attributes=attributes, encoder=encoder, process=process
+        )
         if device is not None or dtype is not None:
             pipe.to(device, dtype)
         return pipe

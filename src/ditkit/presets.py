@@ -17,7 +17,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     for size, (depth, width, heads) in _SIZES.items()
     for patch in (2, 4, 8)
 }
-# The embedded default: a small pixel-space DiT for 16x16 single-channel digits (see recipes).
+# The embedded default: a small pixel-space DiT for the native 8x8 single-channel digits (see recipes).
 MODEL_PRESETS["DiT-Digits"] = {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 2}
 
 # huggan/wikiart label sets (class-label order of the dataset).

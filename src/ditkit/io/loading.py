@@ -216,9 +216,10 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
             notes.append("the checkpoint has no EMA weights; loaded the trained weights")
         model = model_from_checkpoint(obj, use_ema=use_ema, path=str(path))
         labels = obj.get("label_names")
+        run_config = obj.get("config") if isinstance(obj.get("config"), dict) else None
         return LoadedModel(
             model, "ditkit-checkpoint", path, id2label=_labels(labels), has_ema=has_ema, notes=notes,
-            attributes=_attributes(labels),
+            attributes=_attributes(labels), extra={"run_config": run_config} if run_config else {},
         )
     if isinstance(obj, dict) and "format" in obj and isinstance(obj["format"], str):
         raise ValueError(f"{path}: unknown checkpoint format {obj['format']!r}")

@@ -66,7 +66,8 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        # Only a refused global means "this pickle would import code"; other weights-only errors mean junk.
+        if "Unsupported global" in str(err) or "GLOBAL" in str(err):
             raise ValueError(
                 f"{path}: refused to load: the file contains pickled Python objects that could run code "
                 f"({first[:160]}); only tensors and plain containers are accepted"
