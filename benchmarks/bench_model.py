@@ -67,8 +67,9 @@ def main() -> None:
     t = torch.randint(0, 1000, (n,))
     y = torch.randint(0, 1000, (n,))
     target = torch.randn(n, ours.config.out_channels, s, s)
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
-    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
+    # The same optimizer for both (the fused AdamW kernel ditkit's trainer uses), so the step compares models.
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=True)
 
     def fwd_ours():
         with torch.no_grad():

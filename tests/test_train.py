@@ -295,15 +295,18 @@ def test_missing_vae_folder_is_a_clear_error(tmp_path):
 def test_init_from_keeps_matching_tensors(tmp_path):
     source = train(tiny(tmp_path / "src", "train.max_steps=2"), progress=False, echo=False)
     ema = ditkit.io.model_from_checkpoint(load_checkpoint(source.checkpoint))
-    # a model for 4 classes: everything but the label table comes from the checkpoint
+    # a model for 4 unnamed classes: everything but the label table comes from the checkpoint; the class
+    # rows stay fresh (a different class set), the null (guidance) row is copied
     net = ditkit.create_model("DiT-Digits", input_size=8, in_channels=1, num_classes=4, depth=1, hidden_size=32,
                               num_heads=2, patch_size=4)  # fmt: skip
     fresh_table = net.y_embedder.embedding_table.weight.detach().clone()
     messages = []
     loop_module._init_from(net, str(source.checkpoint), messages.append)
     assert torch.equal(net.blocks[0].attn.qkv.weight, ema.blocks[0].attn.qkv.weight)
-    assert torch.equal(net.y_embedder.embedding_table.weight, fresh_table)
-    assert "keep their fresh init (y_embedder.embedding_table.weight)" in messages[0]
+    table = net.y_embedder.embedding_table.weight
+    assert torch.equal(table[:4], fresh_table[:4])
+    assert torch.equal(table[4], ema.y_embedder.embedding_table.weight[10])
+    assert "resized      y_embedder.embedding_table.weight" in "\n".join(messages)
 
 
 def test_bf16_autocast_keeps_fp32_weights_and_loss(tmp_path):

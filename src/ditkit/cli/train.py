@@ -3,6 +3,11 @@
 With no arguments it trains the embedded default: a small DiT on scikit-learn's digits, on the CPU, in a few
 minutes, then prints where the checkpoint and the sample grid are. Works unchanged under
 `torchrun --nproc_per_node=N`.
+
+Your data: `--data PATH` takes a folder with one subfolder per class, a folder of images with a CSV/JSONL
+manifest, a Parquet/Arrow file, a Hugging Face datasets folder, a CelebA folder or a latent cache from
+`ditkit encode`; `--label-columns genre style` picks the attributes to condition on; `--vae PATH` trains
+in latent space; `--init-from PATH` fine-tunes pretrained weights on the new label set.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ FLAGS = {
     "seed": "train.seed",
     "device": "train.device",
     "precision": "train.precision",
+    "vae": "data.vae",
+    "init_from": "model.init_from",
+    "encoder": "model.encoder",
 }
 
 
@@ -57,7 +65,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("everyday settings (shortcuts for --set)")
     g.add_argument("--model", help="model preset, e.g. DiT-S/2 (see `ditkit info --list`)")
     g.add_argument(
-        "--data", metavar="PATH", help="'digits' (built in) or a folder of images, one subfolder per class"
+        "--data",
+        metavar="PATH",
+        help="'digits' (built in), a folder of class subfolders, a folder with a CSV/JSONL manifest, a "
+        ".parquet/.arrow file, a Hugging Face datasets folder, a CelebA folder or a latent cache",
+    )
+    g.add_argument(
+        "--label-columns",
+        nargs="+",
+        metavar="COL",
+        help="attributes to condition on, e.g. genre style (several: one table per attribute), Male (CelebA); "
+        "'none' trains unconditionally",
+    )
+    g.add_argument("--vae", metavar="PATH", help="a local AutoencoderKL folder: train in its latent space")
+    g.add_argument("--hflip", action="store_true", help="random horizontal flips (data.hflip=true)")
+    g.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="fine-tune: start from these weights (official .pt, diffusers folder, ditkit checkpoint)",
+    )
+    g.add_argument(
+        "--encoder",
+        metavar="SPEC",
+        help="condition on image embeddings: toy:DIM or open_clip:ARCH:/path/weights (model.encoder)",
     )
     g.add_argument("--image-size", type=int, metavar="N")
     g.add_argument("--max-steps", type=int, metavar="N")
@@ -85,6 +115,12 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag)
         if value is not None:
             out.append(f"{key}={value}")
+    if getattr(args, "label_columns", None):
+        import json
+
+        out.append(f"data.label_columns={json.dumps(list(args.label_columns))}")
+    if getattr(args, "hflip", False):
+        out.append("data.hflip=true")
     return out
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .images import ImageBatch
+
 
 @dataclass
 class TensorDataset:
@@ -91,9 +93,21 @@ class StepBatches:
         k = m * self.world + self.rank
         return slice(k * self.per, (k + 1) * self.per)
 
-    def __getitem__(self, step: int) -> list[torch.Tensor]:
+    def __getitem__(self, step: int) -> list[ImageBatch]:
         idx = self.stream.batch(step, self.batch_size)
-        return [self.dataset.load(idx[self.micro_slice(m)])[0] for m in range(self.accum)]
+        return [read_batch(self.dataset, idx[self.micro_slice(m)]) for m in range(self.accum)]
+
+
+def read_batch(dataset, indices: torch.Tensor) -> ImageBatch:
+    """One micro-batch with its labels. Image data sets report unreadable files (replaced, with the
+    replacement's own label) instead of failing; latent caches give posterior moments (N, 2, 2, C, h, w)."""
+    if hasattr(dataset, "load_batch"):
+        return dataset.load_batch(indices)
+    if hasattr(dataset, "load_moments"):
+        moments, labels = dataset.load_moments(indices)
+        return ImageBatch(moments, labels)
+    images, labels = dataset.load(indices)
+    return ImageBatch(images, labels)
 
 
 def step_batches(loader_source: StepBatches, start: int, stop: int, num_workers: int):

@@ -1,74 +1,79 @@
-"""A folder of images: one subfolder per class (the ImageNet layout; names from the sorted folder names), or
-images directly in the folder for unconditional training. ADM centre crop to the training resolution,
-scaled to [-1, 1]. Richer sources (manifests, Parquet, CelebA, cached latents) belong here too.
+"""A folder of images: one subfolder per class (the ImageNet layout; names from the folder names), or
+images directly in the folder for unconditional training. Reading and the ADM centre crop are in
+`ditkit.data.images`; manifests, tables, CelebA and cached latents in the modules next to this one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from .images import IMAGE_SUFFIXES, ImageDataset, center_crop_arr, list_images
+from .tables import pick_label_columns
+
+__all__ = ["IMAGE_SUFFIXES", "FolderDataset", "center_crop_arr"]
 
 
-def center_crop_arr(pil_image, image_size: int):
-    """ADM's centre crop (dit-facts §1.5): BOX-halve while the short side >= 2x, BICUBIC-resize the short
-    side to image_size, crop the centre."""
-    from PIL import Image
+class FolderDataset(ImageDataset):
+    """One subfolder per class (names from the folders), or images directly in the folder (unconditional).
 
-    while min(*pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
-    scale = image_size / min(*pil_image.size)
-    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
-    arr = np.array(pil_image)
-    top = (arr.shape[0] - image_size) // 2
-    left = (arr.shape[1] - image_size) // 2
-    return arr[top : top + image_size, left : left + image_size]
+    Classes are the sorted folder names, as torchvision's ImageFolder orders them, except that all-numeric
+    folder names ("0" ... "10") sort as numbers, so class "10" is id 10. Images are found recursively inside
+    each class folder; empty class folders are ignored (with a note), hidden files and folders too."""
 
+    kind_description = "image folder"
 
-class FolderDataset:
-    def __init__(self, root: str | Path, image_size: int) -> None:
+    def __init__(self, root: str | Path, image_size: int, label_columns: Sequence[str] = ()) -> None:
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such data folder")
         if not root.is_dir():
             raise ValueError(f"{root}: expected a folder of images (one subfolder per class)")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.notes: list[str] = []
+        subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        found = {p.name: list_images(p) for p in subdirs}
+        empty = sorted(n for n, f in found.items() if not f)
+        classes = [n for n, f in found.items() if f]
+        if all(n.isdigit() for n in classes):
+            classes.sort(key=int)
+        else:
+            classes.sort()
+        top = list_images(root, recursive=False)
         files: list[Path] = []
         labels: list[int] = []
         if classes:
+            if empty:
+                self.notes.append(f"ignored {len(empty)} folder(s) without images: {', '.join(empty[:5])}")
+            if top:
+                self.notes.append(f"ignored {len(top)} image(s) directly in {root} (not in a class folder)")
             for i, name in enumerate(classes):
-                found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-                files += found
-                labels += [i] * len(found)
+                files += found[name]
+                labels += [i] * len(found[name])
         else:
-            files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            labels = [0] * len(files)
+            files, labels = top, [0] * len(top)
         if not files:
-            raise ValueError(f"{root}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))} files)")
-        self.root, self.files, self.image_size = root, files, image_size
-        self.labels = torch.tensor(labels, dtype=torch.long)
-        self.label_names = classes or None
-        self.name = root.name
+            raise ValueError(
+                f"{root}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))} files, in one "
+                "subfolder per class or directly in the folder)"
+            )
+        columns = ["class"] if classes else []
+        chosen = pick_label_columns(label_columns, columns, str(root)) if label_columns else columns
+        self.root, self.files, self.image_size, self.name = root, files, image_size, root.name
+        if chosen:
+            self.labels = torch.tensor(labels, dtype=torch.long)
+            self.label_names = list(classes)
+            self.label_columns = ("class",)
+        else:
+            self.labels, self.label_names, self.label_columns = None, None, ()
+        self.columns = columns
 
     def __len__(self) -> int:
         return len(self.files)
 
-    channels = 3
+    def source(self, index: int) -> Path:
+        return self.files[index]
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_names) if self.label_names else 0
-
-    def read(self, index: int) -> torch.Tensor:
-        from PIL import Image
-
-        with Image.open(self.files[index]) as im:
-            arr = center_crop_arr(im.convert("RGB"), self.image_size)
-        return torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, S, S) in [-1, 1]
-
-    def load(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.stack([self.read(int(i)) for i in indices])
-        return images, self.labels[indices]
+    def describe(self, index: int) -> str:
+        return str(self.files[index])

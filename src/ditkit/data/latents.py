@@ -341,6 +341,10 @@ class LatentCache:
         return self._offsets[-1]
 
     @property
+    def in_memory(self) -> bool:
+        return self._memory is not None
+
+    @property
     def num_classes(self) -> int | tuple[int, ...]:
         if not self.label_names:
             return 0

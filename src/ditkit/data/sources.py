@@ -24,10 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .celeba import CelebADataset, is_celeba_folder
-from .images import IMAGE_SUFFIXES, ImageDataset, list_images
+from .folder import FolderDataset
+from .images import IMAGE_SUFFIXES, list_images
 from .latents import LatentCache, is_latent_cache
 from .tables import (
     ManifestDataset,
@@ -35,7 +34,6 @@ from .tables import (
     hf_dataset,
     is_hf_dataset_folder,
     pick_image_column,
-    pick_label_columns,
     read_manifest,
 )
 
@@ -46,69 +44,6 @@ LAYOUTS = (
     "manifest of labels), a .parquet/.arrow file, a Hugging Face datasets folder (save_to_disk), a CelebA "
     "folder (img_align_celeba/ + list_attr_celeba.txt) or a latent cache from `ditkit encode`"
 )
-
-
-class FolderDataset(ImageDataset):
-    """One subfolder per class (names from the folders), or images directly in the folder (unconditional).
-
-    Classes are the sorted folder names, as torchvision's ImageFolder orders them, except that all-numeric
-    folder names ("0" ... "10") sort as numbers, so class "10" is id 10. Images are found recursively inside
-    each class folder; empty class folders are ignored (with a note), hidden files and folders too."""
-
-    kind_description = "image folder"
-
-    def __init__(self, root: str | Path, image_size: int, label_columns: Sequence[str] = ()) -> None:
-        root = Path(root)
-        if not root.exists():
-            raise FileNotFoundError(f"{root}: no such data folder")
-        if not root.is_dir():
-            raise ValueError(f"{root}: expected a folder of images (one subfolder per class)")
-        self.notes: list[str] = []
-        subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        found = {p.name: list_images(p) for p in subdirs}
-        empty = sorted(n for n, f in found.items() if not f)
-        classes = [n for n, f in found.items() if f]
-        if all(n.isdigit() for n in classes):
-            classes.sort(key=int)
-        else:
-            classes.sort()
-        top = list_images(root, recursive=False)
-        files: list[Path] = []
-        labels: list[int] = []
-        if classes:
-            if empty:
-                self.notes.append(f"ignored {len(empty)} folder(s) without images: {', '.join(empty[:5])}")
-            if top:
-                self.notes.append(f"ignored {len(top)} image(s) directly in {root} (not in a class folder)")
-            for i, name in enumerate(classes):
-                files += found[name]
-                labels += [i] * len(found[name])
-        else:
-            files, labels = top, [0] * len(top)
-        if not files:
-            raise ValueError(
-                f"{root}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))} files, in one "
-                "subfolder per class or directly in the folder)"
-            )
-        columns = ["class"] if classes else []
-        chosen = pick_label_columns(label_columns, columns, str(root)) if label_columns else columns
-        self.root, self.files, self.image_size, self.name = root, files, image_size, root.name
-        if chosen:
-            self.labels = torch.tensor(labels, dtype=torch.long)
-            self.label_names = list(classes)
-            self.label_columns = ("class",)
-        else:
-            self.labels, self.label_names, self.label_columns = None, None, ()
-        self.columns = columns
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def source(self, index: int) -> Path:
-        return self.files[index]
-
-    def describe(self, index: int) -> str:
-        return str(self.files[index])
 
 
 def _manifests_in(folder: Path) -> list[Path]:
@@ -158,7 +93,7 @@ def detect(path: str | Path) -> str:
         p, recursive=False
     ):
         return "folder"
-    raise ValueError(f"{p}: no images or tables found; --data takes {LAYOUTS}")
+    raise ValueError(f"{p}: no images found (nor tables or manifests); --data takes {LAYOUTS}")
 
 
 def open_dataset(

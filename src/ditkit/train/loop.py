@@ -26,6 +26,8 @@ from torch import nn
 from .. import __version__
 from ..config import RunConfig, config_diff
 from ..data import IndexStream, StepBatches, TensorDataset, build_dataset, step_batches
+from ..data.base import read_batch
+from ..data.latents import LatentCache
 from ..diffusion import GaussianDiffusion
 from ..io.native import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 from ..models import ModelConfig, drop_labels
@@ -142,33 +144,35 @@ def _build_codec(data: Any, device: torch.device) -> Any:
     return VAECodec.from_pretrained(data.vae, device=device)
 
 
-def _init_from(net: nn.Module, path: str, log) -> None:
-    """Copy the tensors of another model whose names and shapes match; report what was kept and skipped."""
-    from ..io.native import is_ditkit_checkpoint, model_from_checkpoint, safe_torch_load
+def _init_from(net: nn.Module, path: str, log, label_names: Any = None):
+    """Start from another model's weights (ditkit.finetune): the transformer is kept, label tables adapt to
+    the new class set; the report (kept / resized / initialised / ignored) goes to the log."""
+    from ..finetune import init_from
 
-    p = Path(path)
-    if p.is_file() and p.suffix == ".pt":
-        obj = safe_torch_load(p)
-        if is_ditkit_checkpoint(obj):
-            source = model_from_checkpoint(obj, path=str(p)).state_dict()
-        elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            source = obj  # a plain state dict (e.g. the official DiT-XL-2-256x256.pt)
-        else:
-            raise ValueError(f"{p}: neither a ditkit checkpoint nor a state dict")
-    else:
-        from .. import load_model
+    report = init_from(net, path, label_names=label_names)
+    for line in report.lines():
+        log(line)
+    return report
 
-        source = load_model(str(p)).state_dict()
-    own = net.state_dict()
-    kept = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(k for k in source if k not in kept)
-    fresh = sorted(k for k in own if k not in kept)
-    net.load_state_dict({**own, **kept})
-    log(
-        f"init from {p}: kept {len(kept)} tensors; {len(fresh)} keep their fresh init"
-        + (f" ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})" if fresh else "")
-        + (f"; ignored {len(skipped)} ({', '.join(skipped[:4])})" if skipped else "")
-    )
+
+def effective_config(config: RunConfig, dataset: Any) -> tuple[RunConfig, list[str]]:
+    """The config with what the data decides filled in (a latent cache fixes the image size and the VAE),
+    so the saved config.yaml and checkpoints describe the run exactly. Returns (config, notes)."""
+    import dataclasses
+
+    notes: list[str] = []
+    if not isinstance(dataset, LatentCache):
+        return config, notes
+    vae = config.data.vae or dataset.vae
+    if vae is None or not Path(vae).exists():
+        raise FileNotFoundError(
+            f"{dataset.root} was encoded with the VAE {dataset.vae!r}, which is not on this machine; pass --vae "
+            "PATH (the same VAE: training grids and sampling decode with it)"
+        )
+    if config.data.image_size != dataset.image_size:
+        notes.append(f"data.image_size set to {dataset.image_size} (the cache's image size)")
+    data = dataclasses.replace(config.data, image_size=dataset.image_size, vae=str(vae))
+    return config.replace(data=data), notes
 
 
 def grid_labels(config: RunConfig, num_classes: int) -> list[int]:
@@ -185,26 +189,41 @@ def grid_labels(config: RunConfig, num_classes: int) -> list[int]:
 def sample_grid(
     model: nn.Module,
     config: RunConfig,
-    label_names: list[str] | None,
+    label_names: list[str] | dict[str, list[str]] | None,
     process: GaussianDiffusion | None = None,
     labels: list[int] | None = None,
     vae: Any = None,
+    conditions: torch.Tensor | None = None,
 ):
     """A PIL grid from `model` (one column per label, sample.num_per_label rows), with the config's sampler,
-    steps, guidance and seed. Same seed, same noise: successive grids of a run are comparable."""
+    steps, guidance and seed. Same seed, same noise: successive grids of a run are comparable.
+
+    Multi-attribute models get one column per class of the first attribute (the others left free);
+    embedding-conditioned models one column per row of `conditions` (embeddings of training images)."""
     from ..pipeline import DiTPipeline
 
     cfg = model.config
-    id2label = dict(enumerate(label_names)) if label_names else None
-    pipe = DiTPipeline(model, vae=vae, id2label=id2label)
+    attributes = label_names if isinstance(label_names, dict) and cfg.multi_label else None
+    id2label = dict(enumerate(label_names)) if isinstance(label_names, list) and label_names else None
+    pipe = DiTPipeline(model, vae=vae, id2label=id2label, attributes=attributes)
     if process is not None:
         pipe.process = process
     rows = config.sample.num_per_label
-    if cfg.num_classes > 0:
+    guidance = config.sample.guidance_scale if cfg.has_null_label else 1.0
+    if cfg.cond_dim:
+        if conditions is None:
+            raise ValueError("an embedding-conditioned model needs conditions for its sample grid")
+        ncol, kwargs = len(conditions), {"condition": conditions.float().repeat(rows, 1)}
+    elif cfg.multi_label:
+        first = labels if labels is not None else grid_labels(config, cfg.label_sizes[0])
+        free = None if cfg.has_null_label else 0  # None: the attribute's null row (left free)
+        rest = [free] * (len(cfg.label_sizes) - 1)
+        class_labels = [[lab, *rest] for _ in range(rows) for lab in first]
+        ncol, kwargs = len(first), {"class_labels": class_labels}
+    elif cfg.label_sizes:
         labels = labels if labels is not None else grid_labels(config, cfg.num_classes)
         class_labels = [lab for _ in range(rows) for lab in labels]
         ncol, kwargs = len(labels), {"class_labels": class_labels}
-        guidance = config.sample.guidance_scale if cfg.has_null_label else 1.0
     else:
         ncol, kwargs, guidance = 8, {"num_images": 8 * rows}, 1.0
     n = rows * ncol
@@ -273,7 +292,12 @@ def _train(
             f"({info.world_size} x {tcfg.grad_accum})"
         )
 
-    # -- resume: read the checkpoint first, so a bad file fails before anything is created ----------
+    # -- data first: what it holds decides the model's inputs and labels ----------------------------------
+    dataset = build_dataset(config.data)
+    config, data_notes = effective_config(config, dataset)
+    is_cache = isinstance(dataset, LatentCache)
+
+    # -- resume: read the checkpoint before anything is created, so a bad file fails early ----------------
     ckpt, ckpt_path = None, None
     if resume is not None:
         ckpt_path = resolve_resume(str(resume), tcfg.output_dir)
@@ -285,15 +309,52 @@ def _train(
                 "pass a larger --max-steps to train further"
             )
 
-    # -- data and model ------------------------------------------------------------------------------
-    dataset = build_dataset(config.data)
+    # -- model inputs: pixels, latents from the VAE, or cached latents --------------------------------------
     codec = _build_codec(config.data, device)
-    if codec is None:
+    if is_cache:
+        assert codec is not None  # effective_config resolved the cache's VAE
+        if abs(float(codec.scaling_factor) - dataset.scaling_factor) > 1e-9 or codec.latent_channels != dataset.channels:
+            raise ValueError(
+                f"{dataset.root} was encoded with a VAE of {dataset.channels} latent channels and scaling factor "
+                f"{dataset.scaling_factor}, but {config.data.vae} has {codec.latent_channels} and "
+                f"{codec.scaling_factor}; pass the VAE the cache was made with"
+            )
+        in_channels, input_size = dataset.channels, dataset.latent_size
+    elif codec is None:
         in_channels, input_size = dataset.channels, config.data.image_size
     else:
+        if dataset.channels != codec.image_channels:
+            raise ValueError(
+                f"the VAE encodes {codec.image_channels}-channel images but the data has {dataset.channels} "
+                "channel(s); train this data in pixel space (no --vae)"
+            )
         in_channels = int(codec.latent_channels)
         input_size = config.data.image_size // int(codec.downsample_factor)
+
+    # -- conditioning: the data's labels, or image embeddings from an encoder ------------------------------
     num_classes = dataset.num_classes
+    encoder, cond_dim = None, 0
+    if config.model.encoder:
+        if is_cache:
+            raise ValueError(
+                "embedding conditioning encodes each training image; train on the images (with --vae), not on "
+                "a latent cache"
+            )
+        from ..encoders import load_encoder
+
+        encoder = load_encoder(config.model.encoder, device=device)
+        cond_dim = int(encoder.embed_dim)
+        if config.model.cond_dim and config.model.cond_dim != cond_dim:
+            raise ValueError(
+                f"model.cond_dim is {config.model.cond_dim} but the encoder {config.model.encoder!r} gives "
+                f"{cond_dim}-wide embeddings; drop model.cond_dim or make them agree"
+            )
+        if num_classes:
+            data_notes.append("the data's labels are not used: the model is conditioned on image embeddings")
+        num_classes = 0
+    multi = isinstance(num_classes, tuple)
+    if config.model.attribute_dropout_prob > 0 and not multi:
+        data_notes.append("model.attribute_dropout_prob applies to several label columns only; ignored")
     chosen = {  # what the config sets explicitly; the rest comes from the preset
         k: getattr(config.model, k)
         for k in (
@@ -309,18 +370,21 @@ def _train(
         + ("final_layer", "learn_sigma")
         if getattr(config.model, k) is not None
     }
+    conditional = bool(num_classes) or cond_dim > 0
     mcfg = model_config(
         config.model.name,
         input_size=input_size,
         in_channels=in_channels,
         num_classes=num_classes,
-        class_dropout_prob=config.model.class_dropout_prob if num_classes else 0.0,
+        cond_dim=cond_dim,
+        class_dropout_prob=config.model.class_dropout_prob if conditional else 0.0,
         **chosen,
     )
     if ckpt is not None and ModelConfig.from_dict(ckpt["model_config"]) != mcfg:
         raise ValueError(
             f"{ckpt_path}: its model config differs from the one this config builds; start a new run"
         )
+    label_names = dataset.label_names if num_classes else None
 
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
     net = build_model(mcfg).to(device)
@@ -352,7 +416,9 @@ def _train(
         if ckpt["scheduler"] != schedule.state_dict():
             log(f"note: the LR schedule changed on resume ({ckpt['scheduler']} -> {schedule.state_dict()})")
     elif config.model.init_from:
-        _init_from(net, config.model.init_from, log)
+        report = _init_from(net, config.model.init_from, log, label_names=label_names)
+        if info.is_main:
+            (folder / "init_report.txt").write_text(str(report) + "\n")
     ema = make_ema(net)
     if ckpt is not None and ckpt["ema"] is not None:
         ema.load_state_dict(ckpt["ema"])
@@ -373,6 +439,12 @@ def _train(
             f"{input_size}); {info.world_size} process(es) on {device}"
             + (f", autocast {str(autocast_dtype).replace('torch.', '')}" if autocast_dtype else "")
         )
+        if hasattr(dataset, "summary"):
+            log(f"data: {dataset.summary()}")
+        for note in [*getattr(dataset, "notes", []), *data_notes]:
+            log(f"note: {note}")
+        if encoder is not None:
+            log(f"conditioning on {cond_dim}-wide image embeddings from {config.model.encoder}")
 
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -410,11 +482,42 @@ def _train(
 
     stream = IndexStream(len(dataset), tcfg.seed)
     reader = StepBatches(dataset, stream, tcfg.batch_size, tcfg.grad_accum, info.world_size, info.rank)
-    # In-memory data (digits) is sliced directly; image folders may decode ahead in worker processes.
-    workers = 0 if isinstance(dataset, TensorDataset) else config.data.num_workers
+    # In-memory data (digits, small latent caches) is sliced directly; images may decode ahead in workers.
+    in_memory = isinstance(dataset, TensorDataset) or (is_cache and dataset.in_memory)
+    workers = 0 if in_memory else config.data.num_workers
     labels_all = dataset.labels
     sample_shape = (in_channels, input_size, input_size)
     null = mcfg.null_label
+    null_y = torch.tensor(null, dtype=torch.long) if mcfg.label_sizes else None  # () or (K,): broadcasts
+    p_drop = mcfg.class_dropout_prob
+    p_attr = config.model.attribute_dropout_prob if mcfg.multi_label else 0.0
+    # Unreadable images are replaced in the batch (ditkit.data.images) and reported here: a count in the log,
+    # the list in skipped_images.txt (every process appends what it met). Upscaled images: one warning.
+    skipped_seen: set[str] = set()
+    upscaled_seen: set[str] = set()
+    skip_count = {"logged": 0}
+    skip_file = folder / "skipped_images.txt" if folder is not None else None
+
+    def note_batch(batch) -> None:
+        fresh = [(name, why) for name, why in batch.skipped if name not in skipped_seen]
+        if fresh and skip_file is not None:
+            skipped_seen.update(name for name, _ in fresh)
+            with open(skip_file, "a") as fh:
+                fh.writelines(f"{name}\t{why}\n" for name, why in fresh)
+        for name in batch.upscaled:
+            if not upscaled_seen and info.is_main:
+                log(
+                    f"warning: images smaller than {config.data.image_size}px are upscaled (first: {name}); "
+                    "their samples will look soft"
+                )
+            upscaled_seen.add(name)
+
+    # Embedding models: the grid conditions on the embeddings of the first few training images.
+    grid_conditions = None
+    if encoder is not None and info.is_main:
+        first = read_batch(dataset, torch.arange(min(8, len(dataset))))
+        with torch.no_grad():
+            grid_conditions = encoder.encode_image(first.images.to(device)).float().cpu()
     accum = tcfg.grad_accum
     params = [p for p in net.parameters() if p.requires_grad]
     check_each_step = device.type == "cpu" and not info.enabled
@@ -446,7 +549,7 @@ def _train(
                 "step": step,
                 "rng": rng,
                 "config": config.to_dict(),
-                "label_names": dataset.label_names,
+                "label_names": label_names,
                 "ditkit_version": __version__,
             }
             path = save_checkpoint(state, folder, tcfg.keep_last)
@@ -459,7 +562,7 @@ def _train(
     def grid() -> None:
         nonlocal last_grid
         if info.is_main:
-            image = sample_grid(ema, config, dataset.label_names, process, vae=codec)
+            image = sample_grid(ema, config, label_names, process, vae=codec, conditions=grid_conditions)
             (folder / "samples").mkdir(exist_ok=True)
             path = folder / "samples" / f"{step:07d}.png"
             image.save(path)
@@ -492,6 +595,12 @@ def _train(
     def write_log(lr: float) -> None:
         nonlocal pending, t_window
         collect()
+        if not in_memory:  # every process takes part in this all-reduce, at the same steps
+            total = D.all_reduce_mean(torch.tensor(float(len(skipped_seen)), device=device), info)
+            total = int(round(float(total) * info.world_size))
+            if total > skip_count["logged"] and info.is_main:
+                log(f"skipped {total} unreadable image(s) so far (listed in {skip_file})")
+            skip_count["logged"] = max(total, skip_count["logged"])
         if not pending:
             return
         now = time.time()
@@ -530,9 +639,13 @@ def _train(
             idx = stream.batch(step, tcfg.batch_size)  # (B,)
             t_all = torch.randint(0, process.num_timesteps, (tcfg.batch_size,), generator=gen)
             noise_all = torch.randn((tcfg.batch_size, *sample_shape), generator=gen)
-            y_all = labels_all[idx]
-            if num_classes and mcfg.class_dropout_prob > 0:
-                y_all = drop_labels(y_all, mcfg.class_dropout_prob, null, generator=gen)
+            # which conditions become the null (label dropout for guidance): (B,) or (B, K) booleans
+            drop_all = None
+            if mcfg.label_sizes and p_drop > 0:
+                y_ref = labels_all[idx]
+                drop_all = drop_labels(y_ref, p_drop, null, generator=gen, attribute_prob=p_attr) != y_ref
+            elif mcfg.cond_dim and p_drop > 0:
+                drop_all = torch.rand(tcfg.batch_size, generator=gen) < p_drop
             flip_all = torch.rand(tcfg.batch_size, generator=gen) < 0.5 if config.data.hflip else None
             # a fresh VAE posterior sample every step (fast-DiT freezes one), from the same generator
             post_all = (
@@ -540,18 +653,38 @@ def _train(
             )
 
             step_loss = torch.zeros((), device=device)
-            images = next(batches)  # this process's micro-batches of step `step`
+            micro = next(batches)  # this process's micro-batches of step `step`
             for m in range(accum):
                 part = reader.micro_slice(m)
-                x = images[m]
-                if flip_all is not None:
-                    x = torch.where(flip_all[part].view(-1, 1, 1, 1), x.flip(-1), x)
-                x = x.to(device, non_blocking=True)
-                if codec is not None:
-                    with torch.no_grad():
-                        mean, std = codec.encode_posterior(x)
-                        x = (mean + std * post_all[part].to(device)) * codec.scaling_factor
-                y = y_all[part].to(device) if num_classes else None
+                batch = micro[m]
+                note_batch(batch)
+                x, cond = batch.images, None
+                if is_cache:
+                    # (n, 2, 2, C, h, w): pick the stored mirror for flipped samples, then a fresh posterior sample
+                    rows = torch.arange(x.shape[0])
+                    orient = flip_all[part].long() if flip_all is not None else torch.zeros_like(rows)
+                    moments = x[rows, orient].to(device, non_blocking=True)  # (n, 2, C, h, w)
+                    x = (moments[:, 0] + moments[:, 1] * post_all[part].to(device)) * codec.scaling_factor
+                else:
+                    if flip_all is not None:
+                        x = torch.where(flip_all[part].view(-1, 1, 1, 1), x.flip(-1), x)
+                    x = x.to(device, non_blocking=True)
+                    if encoder is not None:  # the embedding of the image the model sees, in [-1, 1] pixels
+                        with torch.no_grad():
+                            cond = encoder.encode_image(x).float().to(device)
+                        if drop_all is not None:
+                            cond = torch.where(drop_all[part].to(device).view(-1, 1), torch.zeros_like(cond), cond)
+                    if codec is not None:
+                        with torch.no_grad():
+                            mean, std = codec.encode_posterior(x)
+                            x = (mean + std * post_all[part].to(device)) * codec.scaling_factor
+                if mcfg.label_sizes:
+                    y = batch.labels  # the labels of the images actually read (replacements bring their own)
+                    if drop_all is not None:
+                        y = torch.where(drop_all[part], null_y, y)
+                    y = y.to(device)
+                else:
+                    y = cond
                 sync = contextlib.nullcontext() if (not info.enabled or m == accum - 1) else model.no_sync()
                 with sync:
                     with amp():
@@ -614,6 +747,8 @@ def _train(
             monitor.close()
 
     wall = time.time() - started
+    if info.is_main and upscaled_seen:
+        log(f"warning: {len(upscaled_seen)} image(s) were smaller than {config.data.image_size}px and upscaled")
     if info.is_main and status == "done":
         log(f"finished {step - start_step} steps in {wall:.1f} s; checkpoint {last_ckpt}; grid {last_grid}")
     return TrainResult(
