@@ -60,3 +60,30 @@ def test_two_processes_match_one(tmp_path):
     for key in ("model", "ema"):
         for name in a[key]:
             assert torch.allclose(a[key][name], b[key][name], rtol=1e-4, atol=1e-5), (key, name)
+
+
+@pytest.mark.distributed
+def test_two_processes_on_multi_attribute_images_with_a_broken_file(tmp_path):
+    """Labels come with the images each rank reads (a broken file is replaced by the next one, label and
+    all), dropout is drawn for the global batch: two processes still match one, and the list of skipped
+    files names each file once."""
+    from _data_helpers import broken, celeba_folder
+
+    data = celeba_folder(tmp_path / "celeba", n=8)
+    broken(data / "img_align_celeba" / "000003.jpg")
+    args = [*ARGS, f"data.path={data}", "data.label_columns=[Male, Smiling]", "train.batch_size=8"]
+    single = train(
+        load_config(None, [*args, f"train.output_dir={tmp_path / 'one'}"]), progress=False, echo=False
+    )
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "ditkit.cli.main", "train", "--output-dir", str(tmp_path / "two"), "--no-progress", "--set", *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = sorted((tmp_path / "two").iterdir())[0]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == pytest.approx(single.losses, rel=1e-5, abs=1e-6)
+    for folder in (single.run_dir, run):
+        listed = (folder / "skipped_images.txt").read_text().splitlines()
+        assert len(listed) == 1 and listed[0].split("\t")[0].endswith("000003.jpg")

@@ -76,8 +76,9 @@ class ModelSection:
     # With several label columns this drops all attributes of a sample together ("joint" dropout).
     class_dropout_prob: float = 0.1
     # Multi-attribute models: also drop each attribute on its own with this probability, so guidance works
-    # on any subset of attributes (e.g. style only). Needs class_dropout_prob > 0 (the null rows).
-    attribute_dropout_prob: float = 0.0
+    # on any subset of attributes (e.g. style only, genre left free). None = class_dropout_prob; 0 = joint
+    # dropout only. Needs class_dropout_prob > 0 (the null rows).
+    attribute_dropout_prob: float | None = None
     # Embedding conditioning (seed 003): an encoder spec ("toy:64", "open_clip:ViT-B-32:/path/weights.bin").
     # Training conditions on the embedding of each training image (dropped to the all-zero null embedding
     # with class_dropout_prob); sampling can use text prompts or images. cond_dim 0 = the encoder's width.
@@ -96,11 +97,10 @@ class ModelSection:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
         if not 0.0 <= self.class_dropout_prob < 1.0:
             raise ValueError(f"model.class_dropout_prob must be in [0, 1), got {self.class_dropout_prob!r}")
-        if not 0.0 <= self.attribute_dropout_prob < 1.0:
-            raise ValueError(
-                f"model.attribute_dropout_prob must be in [0, 1), got {self.attribute_dropout_prob!r}"
-            )
-        if self.attribute_dropout_prob > 0 and self.class_dropout_prob == 0:
+        attr = self.attribute_dropout_prob
+        if attr is not None and not 0.0 <= attr < 1.0:
+            raise ValueError(f"model.attribute_dropout_prob must be in [0, 1), got {attr!r}")
+        if attr and self.class_dropout_prob == 0:
             raise ValueError(
                 "model.attribute_dropout_prob needs model.class_dropout_prob > 0 (the null rows it drops to)"
             )

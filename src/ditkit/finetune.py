@@ -98,13 +98,21 @@ def _adapt_table(
     same_count = src_classes == dst_classes
     if same_count and (src_names is None or dst_names is None or _same_names(src_names, dst_names)):
         out[:dst_classes] = src[:src_classes]
-        why = "same class set" if src_names and dst_names else "same class count, no names to compare: kept by index"
+        why = (
+            "same class set"
+            if src_names and dst_names
+            else "same class count, no names to compare: kept by index"
+        )
         if dst_null and src_null:
             out[dst_classes] = src[src_classes]
             return out, ("kept" if src.shape == dst.shape else "resized"), why
         if dst_null:
             return out, "resized", f"{why}; the null row is new (the source has none)"
-        return out, ("kept" if src.shape == dst.shape else "resized"), why + ("; source null row dropped" if src_null else "")
+        return (
+            out,
+            ("kept" if src.shape == dst.shape else "resized"),
+            why + ("; source null row dropped" if src_null else ""),
+        )
     index = _name_index(src_names)
     copied = []
     for i, label in enumerate(dst_names or []):
@@ -114,12 +122,18 @@ def _adapt_table(
                 out[i] = src[j]
                 copied.append(i)
                 break
-    parts = [f"{src_classes} -> {dst_classes} classes, class set differs: {len(copied)} row(s) copied by name"]
+    parts = [
+        f"{src_classes} -> {dst_classes} classes, class set differs: {len(copied)} row(s) copied by name"
+    ]
     if dst_null and src_null:
         out[dst_classes] = src[src_classes]
         parts.append("null row copied")
     if not copied and not (dst_null and src_null):
-        return dst.clone(), "initialised", parts[0].replace("0 row(s) copied by name", "no class name in common")
+        return (
+            dst.clone(),
+            "initialised",
+            parts[0].replace("0 row(s) copied by name", "no class name in common"),
+        )
     if src_names is None:
         parts.append("the source has no class names")
     return out, "resized", "; ".join(parts)
@@ -199,7 +213,9 @@ def check_compatible(source_cfg, target_cfg, path: str, heads_known: bool = True
 
 
 @torch.no_grad()
-def init_from(net: DiT, path: str | os.PathLike, *, label_names: Any = None, loaded: Any = None) -> InitReport:
+def init_from(
+    net: DiT, path: str | os.PathLike, *, label_names: Any = None, loaded: Any = None
+) -> InitReport:
     """Copy what fits from the model at `path` into `net` (in place) and report it (see the module docstring).
 
     `label_names` are the new model's class names (a list, or a dict attribute -> list)."""
@@ -228,8 +244,11 @@ def init_from(net: DiT, path: str | os.PathLike, *, label_names: Any = None, loa
     # -- label tables -----------------------------------------------------------------------------------
     src_tables, dst_tables = _label_tables(source), _label_tables(net)
     if dst_tables:
-        src_names = _attribute_names(loaded.id2label and [loaded.id2label[i] for i in sorted(loaded.id2label)],
-                                     source, getattr(loaded, "attributes", None))
+        src_names = _attribute_names(
+            loaded.id2label and [loaded.id2label[i] for i in sorted(loaded.id2label)],
+            source,
+            getattr(loaded, "attributes", None),
+        )
         dst_names = _attribute_names(label_names, net)
         src_by_attr = {a: k for k, (a, _) in enumerate(src_names) if a is not None}
         for k, (key, n_dst) in enumerate(dst_tables):
@@ -242,14 +261,24 @@ def init_from(net: DiT, path: str | os.PathLike, *, label_names: Any = None, loa
                 j = None
             label = f"{key}" + (f" ({attr})" if attr else "")
             if j is None or j >= len(src_tables):
-                what = "the source has no matching label table" if src_tables else "the source has no label table"
+                what = (
+                    "the source has no matching label table"
+                    if src_tables
+                    else "the source has no label table"
+                )
                 report.initialised.append((label, what))
                 handled.add(key)
                 continue
             skey, n_src = src_tables[j]
             table, verdict, why = _adapt_table(
-                src_state[skey], dst_state[key], src_names[j][1], names, n_src, n_dst,
-                scfg.has_null_label, tcfg.has_null_label,
+                src_state[skey],
+                dst_state[key],
+                src_names[j][1],
+                names,
+                n_src,
+                n_dst,
+                scfg.has_null_label,
+                tcfg.has_null_label,
             )
             new_state[key] = table
             shapes = f"{_shape(src_state[skey])} -> {_shape(dst_state[key])}"
@@ -282,8 +311,11 @@ def init_from(net: DiT, path: str | os.PathLike, *, label_names: Any = None, loa
             if adapted is not None:
                 new_state[key] = adapted.to(dst.dtype)
                 report.resized.append(
-                    (key, f"{_shape(src)} -> {_shape(dst)}; noise channels copied, variance channels "
-                          + ("dropped" if src.shape[0] > dst.shape[0] else "start at zero"))
+                    (
+                        key,
+                        f"{_shape(src)} -> {_shape(dst)}; noise channels copied, variance channels "
+                        + ("dropped" if src.shape[0] > dst.shape[0] else "start at zero"),
+                    )
                 )
                 continue
         if key == "pos_embed":

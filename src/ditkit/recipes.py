@@ -24,6 +24,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": {"name": "DiT-WikiArt-S"},
         "data": {
             "path": "",
+            "label_columns": ["genre", "style"],  # huggan/wikiart: one label table per attribute
             "image_size": 256,
             "hflip": True,
             "vae": "stabilityai/sd-vae-ft-ema",
@@ -44,8 +45,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "sample": {"sampler": "ddpm", "steps": 250, "guidance_scale": 4.0, "num_per_label": 2},
     },
     # MindONE examples/dit fine-tuning (dit-facts §5): lr 5e-5 constant after 10 warmup steps, batch 2,
-    # weight decay 0.01, AdamW eps 1e-6, grad clipping at 1.0. Start from pretrained weights with
-    # --set model.init_from=PATH and point data.path at your folder.
+    # weight decay 0.01, AdamW eps 1e-6, grad clipping at 1.0. Start from pretrained weights:
+    # `ditkit train finetune --init-from DiT-XL-2-256x256.pt --data YOUR_DATA --vae VAE_FOLDER`
+    # (the transformer is kept, the label table adapts to your classes: ditkit.finetune).
     "finetune": {
         "model": {"name": "DiT-XL/2"},
         "data": {

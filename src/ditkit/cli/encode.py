@@ -20,10 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, metavar="PATH", help="images: any layout `ditkit train --data` reads")
+    p.add_argument(
+        "--data", required=True, metavar="PATH", help="images: any layout `ditkit train --data` reads"
+    )
     p.add_argument("--vae", required=True, metavar="PATH", help="a local diffusers AutoencoderKL folder")
     p.add_argument("--out", required=True, metavar="DIR", help="the cache folder (new, or a cache to resume)")
-    p.add_argument("--image-size", type=int, default=256, metavar="N", help="pixel size of the crop (default 256)")
+    p.add_argument(
+        "--image-size", type=int, default=256, metavar="N", help="pixel size of the crop (default 256)"
+    )
     p.add_argument(
         "--label-columns",
         nargs="+",
@@ -31,9 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="COL",
         help="label columns to store (default: the data's own labels; 'none' for no labels)",
     )
-    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per VAE forward (default 32)")
-    p.add_argument("--shard-size", type=int, default=1024, metavar="N", help="images per shard file (default 1024)")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="storage precision (default fp32)")
+    p.add_argument(
+        "--batch-size", type=int, default=32, metavar="N", help="images per VAE forward (default 32)"
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=1024, metavar="N", help="images per shard file (default 1024)"
+    )
+    p.add_argument(
+        "--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="storage precision (default fp32)"
+    )
     p.add_argument("--num-workers", type=int, default=0, metavar="N", help="image-decoding worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--no-progress", action="store_true")
@@ -62,10 +72,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data}: only RGB image data sets can be VAE-encoded")
     codec = VAECodec.from_pretrained(args.vae, device=device, batch_size=max(2, 2 * args.batch_size))
     if device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world)))))
+        torch.set_num_threads(
+            max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        )
     say = print if rank == 0 else (lambda *_: None)
-    say(f"{dataset.summary()}; encoding at {args.image_size}px with {codec.path} on {device}"
-        + (f", {world} processes" if world > 1 else ""))
+    say(
+        f"{dataset.summary()}; encoding at {args.image_size}px with {codec.path} on {device}"
+        + (f", {world} processes" if world > 1 else "")
+    )
     for note in getattr(dataset, "notes", []):
         say(f"note: {note}")
     result = encode_to_cache(
@@ -92,9 +106,12 @@ def run(args: argparse.Namespace) -> int:
 
         index = json.loads(open(result["index"]).read())
         skipped = len(index["skipped"])
-        print(f"index       {result['index']} ({index['num_images']} images"
-              + (f", {skipped} unreadable skipped" if skipped else "")
-              + (f", {index['upscaled']} upscaled" if index["upscaled"] else "") + ")")
+        print(
+            f"index       {result['index']} ({index['num_images']} images"
+            + (f", {skipped} unreadable skipped" if skipped else "")
+            + (f", {index['upscaled']} upscaled" if index["upscaled"] else "")
+            + ")"
+        )
         print(f"train:      ditkit train --data {args.out}")
     elif world > 1:
         print(f"{where}waiting for other processes; the last one to finish writes {args.out}/index.json")

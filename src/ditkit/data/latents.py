@@ -161,8 +161,13 @@ def encode_to_cache(
     store = STORE_DTYPES[dtype]
     labels = getattr(dataset, "labels", None)
     count = sum(min(shard_size, n - k * shard_size) for k in todo)
-    bar = tqdm(total=count, disable=not progress or count == 0, desc=f"encode{f' rank {rank}' if world > 1 else ''}",
-               unit="img", dynamic_ncols=True)
+    bar = tqdm(
+        total=count,
+        disable=not progress or count == 0,
+        desc=f"encode{f' rank {rank}' if world > 1 else ''}",
+        unit="img",
+        dynamic_ncols=True,
+    )
     try:
         for k in todo:
             indices = list(range(k * shard_size, min((k + 1) * shard_size, n)))
@@ -195,7 +200,9 @@ def encode_to_cache(
             meta = {"skipped": json.dumps(skipped), "upscaled": str(upscaled), "format": LATENTS_FORMAT}
             from safetensors.torch import save_file
 
-            atomic_write(out / shard_name(k, total), lambda tmp, t=tensors, m=meta: save_file(t, tmp, metadata=m))
+            atomic_write(
+                out / shard_name(k, total), lambda tmp, t=tensors, m=meta: save_file(t, tmp, metadata=m)
+            )
             if skipped:
                 bar.write(f"shard {k}: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}")
     finally:
@@ -207,7 +214,10 @@ def encode_to_cache(
 def _loader(dataset, indices: list[int], batch_size: int, num_workers: int):
     reader = _Reader(dataset, indices)
     if num_workers <= 0:
-        return ([reader[k] for k in range(s, min(s + batch_size, len(indices)))] for s in range(0, len(indices), batch_size))
+        return (
+            [reader[k] for k in range(s, min(s + batch_size, len(indices)))]
+            for s in range(0, len(indices), batch_size)
+        )
     from torch.utils.data import DataLoader
 
     return DataLoader(reader, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
@@ -247,8 +257,20 @@ def finalize_cache(out: Path) -> Path | None:
         "format": LATENTS_FORMAT,
         "version": LATENTS_VERSION,
         "num_images": sum(s["count"] for s in shards),
-        **{k: plan[k] for k in ("source", "source_kind", "num_source_images", "image_size", "vae",
-                                "scaling_factor", "latent_shape", "label_columns", "dtype")},
+        **{
+            k: plan[k]
+            for k in (
+                "source",
+                "source_kind",
+                "num_source_images",
+                "image_size",
+                "vae",
+                "scaling_factor",
+                "latent_shape",
+                "label_columns",
+                "dtype",
+            )
+        },
         "label_names": label_names,
         "mirror": True,
         "shards": shards,
@@ -271,7 +293,9 @@ class LatentCache:
     kind = "latents"
     kind_description = "latent cache"
 
-    def __init__(self, root: str | os.PathLike, label_columns: Sequence[str] = (), *, max_memory: int = 2 << 30):
+    def __init__(
+        self, root: str | os.PathLike, label_columns: Sequence[str] = (), *, max_memory: int = 2 << 30
+    ):
         root = Path(root)
         self.root = root
         index_path = root / INDEX_FILE
@@ -285,9 +309,13 @@ class LatentCache:
             )
         index = _read_json(index_path)
         if index.get("format") != LATENTS_FORMAT:
-            raise ValueError(f"{index_path}: not a ditkit latent cache index (format {index.get('format')!r})")
+            raise ValueError(
+                f"{index_path}: not a ditkit latent cache index (format {index.get('format')!r})"
+            )
         if index.get("version") != LATENTS_VERSION:
-            raise ValueError(f"{index_path}: cache version {index.get('version')!r}; this ditkit reads {LATENTS_VERSION}")
+            raise ValueError(
+                f"{index_path}: cache version {index.get('version')!r}; this ditkit reads {LATENTS_VERSION}"
+            )
         self.index = index
         self.latent_shape = tuple(int(v) for v in index["latent_shape"])
         self.channels = self.latent_shape[0]
@@ -302,7 +330,9 @@ class LatentCache:
         for s in index["shards"]:
             p = root / s["file"]
             if not p.is_file():
-                raise ValueError(f"{root}: shard {s['file']} is missing; re-run `ditkit encode` into this folder")
+                raise ValueError(
+                    f"{root}: shard {s['file']} is missing; re-run `ditkit encode` into this folder"
+                )
             with safe_open(str(p), framework="pt") as fh:
                 keys = set(fh.keys())
                 shape = tuple(fh.get_slice("mean").get_shape())
@@ -313,7 +343,9 @@ class LatentCache:
                         "its own folder"
                     )
                 if shape[0] != s["count"]:
-                    raise ValueError(f"{p}: {shape[0]} rows, the index says {s['count']}; the cache is damaged")
+                    raise ValueError(
+                        f"{p}: {shape[0]} rows, the index says {s['count']}; the cache is damaged"
+                    )
                 if "labels" in keys:
                     labels.append(fh.get_tensor("labels"))
                 nbytes += 2 * shape[0] * 2 * math.prod(self.latent_shape) * 4

@@ -26,7 +26,7 @@ from typing import Any
 
 from .celeba import CelebADataset, is_celeba_folder
 from .folder import FolderDataset
-from .images import IMAGE_SUFFIXES, list_images
+from .images import IMAGE_SUFFIXES
 from .latents import LatentCache, is_latent_cache
 from .tables import (
     ManifestDataset,
@@ -63,6 +63,16 @@ def _manifests_in(folder: Path) -> list[Path]:
     return out
 
 
+def _has_images(folder: Path) -> bool:
+    """Any image in the folder or below (stops at the first one: ImageNet has 1.28M files)."""
+    for p in folder.rglob("*"):
+        if p.suffix.lower() in IMAGE_SUFFIXES and not any(
+            part.startswith(".") for part in p.relative_to(folder).parts
+        ):
+            return True
+    return False
+
+
 def detect(path: str | Path) -> str:
     """The kind of data set at `path` (see the module docstring); raises a one-line error otherwise."""
     if str(path) == "digits":
@@ -89,9 +99,7 @@ def detect(path: str | Path) -> str:
         return "manifest"
     if sorted(p.glob("*.parquet")) or sorted(p.glob("data/*.parquet")):
         return "parquet-folder"
-    if any(s.is_dir() and list_images(s) for s in p.iterdir() if not s.name.startswith(".")) or list_images(
-        p, recursive=False
-    ):
+    if _has_images(p):
         return "folder"
     raise ValueError(f"{p}: no images found (nor tables or manifests); --data takes {LAYOUTS}")
 

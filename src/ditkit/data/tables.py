@@ -83,9 +83,9 @@ def encode_column(
         if all(s.lstrip("+-").isdigit() for s in stripped):
             values = [int(s) for s in stripped]  # numbers written as text (CSV): read as integers below
         elif {s.lower() for s in stripped} <= {"true", "false"}:
-            return torch.tensor([int(s.lower() == "true") for s in stripped], dtype=torch.long), _binary_names(
-                column
-            )
+            return torch.tensor(
+                [int(s.lower() == "true") for s in stripped], dtype=torch.long
+            ), _binary_names(column)
         else:
             vocab = sorted(set(stripped))
             lookup = {n: i for i, n in enumerate(vocab)}
@@ -104,7 +104,9 @@ def encode_column(
             )
         top = max(values) if values else -1
         if top >= 100_000:
-            raise ValueError(f"{where}: label column {column!r} holds ids up to {top}; is it really a class label?")
+            raise ValueError(
+                f"{where}: label column {column!r} holds ids up to {top}; is it really a class label?"
+            )
         return torch.tensor(values, dtype=torch.long), [str(i) for i in range(top + 1)]
     kinds = sorted({type(v).__name__ for v in values})
     raise ValueError(
@@ -182,7 +184,9 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             sample = fh.read(4096)
             fh.seek(0)
-            delimiter = "\t" if path.suffix.lower() == ".tsv" or sample.count("\t") > sample.count(",") else ","
+            delimiter = (
+                "\t" if path.suffix.lower() == ".tsv" or sample.count("\t") > sample.count(",") else ","
+            )
             reader = csv.DictReader(fh, delimiter=delimiter)
             if not reader.fieldnames:
                 raise ValueError(f"{path}: empty manifest (no header line)")
@@ -474,9 +478,11 @@ def _is_dictionary(t) -> bool:
 
 # -- Hugging Face `save_to_disk` folders ---------------------------------------------------------------
 def is_hf_dataset_folder(path: Path) -> bool:
-    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file() or (
-        path / "dataset_dict.json"
-    ).is_file()
+    return (
+        (path / "state.json").is_file()
+        and (path / "dataset_info.json").is_file()
+        or (path / "dataset_dict.json").is_file()
+    )
 
 
 def hf_dataset(folder: Path, image_size: int, label_columns: Sequence[str] = (), split: str | None = None):

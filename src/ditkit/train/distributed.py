@@ -84,3 +84,12 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's value, in rank order, on every rank (small Python objects: lists of file names)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -313,7 +313,10 @@ def _train(
     codec = _build_codec(config.data, device)
     if is_cache:
         assert codec is not None  # effective_config resolved the cache's VAE
-        if abs(float(codec.scaling_factor) - dataset.scaling_factor) > 1e-9 or codec.latent_channels != dataset.channels:
+        if (
+            abs(float(codec.scaling_factor) - dataset.scaling_factor) > 1e-9
+            or codec.latent_channels != dataset.channels
+        ):
             raise ValueError(
                 f"{dataset.root} was encoded with a VAE of {dataset.channels} latent channels and scaling factor "
                 f"{dataset.scaling_factor}, but {config.data.vae} has {codec.latent_channels} and "
@@ -353,7 +356,7 @@ def _train(
             data_notes.append("the data's labels are not used: the model is conditioned on image embeddings")
         num_classes = 0
     multi = isinstance(num_classes, tuple)
-    if config.model.attribute_dropout_prob > 0 and not multi:
+    if config.model.attribute_dropout_prob and not multi:
         data_notes.append("model.attribute_dropout_prob applies to several label columns only; ignored")
     chosen = {  # what the config sets explicitly; the rest comes from the preset
         k: getattr(config.model, k)
@@ -490,20 +493,26 @@ def _train(
     null = mcfg.null_label
     null_y = torch.tensor(null, dtype=torch.long) if mcfg.label_sizes else None  # () or (K,): broadcasts
     p_drop = mcfg.class_dropout_prob
-    p_attr = config.model.attribute_dropout_prob if mcfg.multi_label else 0.0
-    # Unreadable images are replaced in the batch (ditkit.data.images) and reported here: a count in the log,
-    # the list in skipped_images.txt (every process appends what it met). Upscaled images: one warning.
-    skipped_seen: set[str] = set()
+    p_attr = 0.0
+    if mcfg.multi_label and p_drop > 0:
+        p_attr = config.model.attribute_dropout_prob
+        p_attr = p_drop if p_attr is None else p_attr
+        if info.is_main:
+            log(f"label dropout: all attributes together {p_drop:g}, each attribute alone {p_attr:g}")
+    # Unreadable images are replaced in the batch (ditkit.data.images) and reported here: rank 0 gathers the
+    # names every process met at each log step, logs the count and lists them in skipped_images.txt.
+    # Images smaller than the crop are upscaled, with one warning.
+    skipped_seen: set[str] = set()  # names this process has met
+    skipped_new: list[tuple[str, str]] = []  # ... and not yet handed to rank 0
+    skipped_listed: set[str] = set()  # rank 0: names written to the list
     upscaled_seen: set[str] = set()
-    skip_count = {"logged": 0}
     skip_file = folder / "skipped_images.txt" if folder is not None else None
 
     def note_batch(batch) -> None:
-        fresh = [(name, why) for name, why in batch.skipped if name not in skipped_seen]
-        if fresh and skip_file is not None:
-            skipped_seen.update(name for name, _ in fresh)
-            with open(skip_file, "a") as fh:
-                fh.writelines(f"{name}\t{why}\n" for name, why in fresh)
+        for name, why in batch.skipped:
+            if name not in skipped_seen:
+                skipped_seen.add(name)
+                skipped_new.append((name, why))
         for name in batch.upscaled:
             if not upscaled_seen and info.is_main:
                 log(
@@ -516,6 +525,7 @@ def _train(
     grid_conditions = None
     if encoder is not None and info.is_main:
         first = read_batch(dataset, torch.arange(min(8, len(dataset))))
+        note_batch(first)
         with torch.no_grad():
             grid_conditions = encoder.encode_image(first.images.to(device)).float().cpu()
     accum = tcfg.grad_accum
@@ -592,15 +602,26 @@ def _train(
                 f"saving ({where}); try a lower --lr, --set train.grad_clip=1.0 or train.precision=fp32"
             )
 
+    def report_skipped() -> None:
+        """Gather the unreadable files met since the last call (every process calls this at the same steps)."""
+        if in_memory:
+            return
+        gathered = D.gather_objects(list(skipped_new), info)
+        skipped_new.clear()
+        if not info.is_main:
+            return
+        fresh = [(n, why) for items in gathered for n, why in items if n not in skipped_listed]
+        fresh = list(dict(fresh).items())  # the same file met by two processes is listed once
+        if fresh:
+            skipped_listed.update(n for n, _ in fresh)
+            with open(skip_file, "a") as fh:
+                fh.writelines(f"{name}\t{why}\n" for name, why in fresh)
+            log(f"skipped {len(skipped_listed)} unreadable image(s) so far (listed in {skip_file})")
+
     def write_log(lr: float) -> None:
         nonlocal pending, t_window
         collect()
-        if not in_memory:  # every process takes part in this all-reduce, at the same steps
-            total = D.all_reduce_mean(torch.tensor(float(len(skipped_seen)), device=device), info)
-            total = int(round(float(total) * info.world_size))
-            if total > skip_count["logged"] and info.is_main:
-                log(f"skipped {total} unreadable image(s) so far (listed in {skip_file})")
-            skip_count["logged"] = max(total, skip_count["logged"])
+        report_skipped()
         if not pending:
             return
         now = time.time()
@@ -673,7 +694,9 @@ def _train(
                         with torch.no_grad():
                             cond = encoder.encode_image(x).float().to(device)
                         if drop_all is not None:
-                            cond = torch.where(drop_all[part].to(device).view(-1, 1), torch.zeros_like(cond), cond)
+                            cond = torch.where(
+                                drop_all[part].to(device).view(-1, 1), torch.zeros_like(cond), cond
+                            )
                     if codec is not None:
                         with torch.no_grad():
                             mean, std = codec.encode_posterior(x)
@@ -735,6 +758,8 @@ def _train(
             if want_grid:
                 grid()
             if stop:
+                if not boundary:
+                    report_skipped()
                 status = "interrupted" if stop_requested["flag"] else "stopped"
                 log(f"stopped at step {step}; resume with: ditkit train --resume {folder}")
                 break
@@ -748,7 +773,9 @@ def _train(
 
     wall = time.time() - started
     if info.is_main and upscaled_seen:
-        log(f"warning: {len(upscaled_seen)} image(s) were smaller than {config.data.image_size}px and upscaled")
+        log(
+            f"warning: {len(upscaled_seen)} image(s) were smaller than {config.data.image_size}px and upscaled"
+        )
     if info.is_main and status == "done":
         log(f"finished {step - start_step} steps in {wall:.1f} s; checkpoint {last_ckpt}; grid {last_grid}")
     return TrainResult(
