@@ -212,3 +212,12 @@ def test_paths_that_are_no_data_set(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):
         detect(tmp_path / "empty")
+
+
+def test_tables_without_pyarrow_name_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    with pytest.raises(ValueError, match=r"needs pyarrow: pip install 'ditkit\[data\]'"):
+        open_dataset(tmp_path / "t.parquet", 8)

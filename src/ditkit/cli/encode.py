@@ -112,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
             + (f", {index['upscaled']} upscaled" if index["upscaled"] else "")
             + ")"
         )
-        print(f"train:      ditkit train --data {args.out}")
+        if index["upscaled"]:
+            print(
+                f"warning: {index['upscaled']} image(s) were smaller than {args.image_size}px and were upscaled"
+            )
+        print(f"train:      ditkit train --data {args.out} --hflip")
     elif world > 1:
         print(f"{where}waiting for other processes; the last one to finish writes {args.out}/index.json")
     return 0

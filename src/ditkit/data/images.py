@@ -144,7 +144,6 @@ class ImageDataset:
     labels: torch.Tensor | None = None
     label_names: list[str] | dict[str, list[str]] | None = None
     label_columns: tuple[str, ...] = ()
-    files: Any = True  # the trainer decodes in DataLoader workers when a data set has `files`
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
