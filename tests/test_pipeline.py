@@ -216,3 +216,15 @@ def test_from_pretrained_reads_the_checkpoint_process(tmp_path):
     pipe = DiTPipeline.from_pretrained(tmp_path / "ckpt.pt")
     np.testing.assert_allclose(pipe.process.betas, get_betas("cosine", 1000))
     assert pipe.get_label_ids(["c"]) == [2]
+
+
+def test_names_win_over_id_strings():
+    """A class named "5" that is not class 5 is found by its name, and a free digit string is an id."""
+    pipe = DiTPipeline(tiny_model(), id2label={0: "5", 1: "4", 2: "3", 3: "2", 4: "1"})
+    assert pipe.get_label_ids(["5", "1"]) == [0, 4]
+    out = pipe(["5", 3], num_inference_steps=2, output_type="latent")
+    assert out.labels == [0, 3]
+    named = DiTPipeline(tiny_model(), id2label=NAMES)
+    assert named.get_label_ids(["2"]) == [2]  # no class is named "2": read as an id
+    with pytest.raises(ValueError, match="out of range"):
+        named.get_label_ids(["7"])

@@ -137,8 +137,9 @@ class LabelMap:
         text = " ".join(name.split())
         if not text:
             raise ValueError("empty class name")
-        if text.lstrip("+-").isdigit():
-            return self._check_id(int(text), repr(name))
+        # Names win over id strings: a class *named* "5" (e.g. digits, or folders called 0..9 in another
+        # order) is found by its name; a digit string that names no class is read as an id.
+        is_number = text.lstrip("+-").isdigit()
         for table, fold in self._tiers:
             hits = table.get(text.casefold() if fold else text)
             if not hits:
@@ -147,6 +148,8 @@ class LabelMap:
                 return next(iter(hits))
             options = "; ".join(f"{i} = {self.id2label[i]!r}" for i in sorted(hits))
             raise ValueError(f"class name {name!r} is ambiguous: {options}; pass the class id instead")
+        if is_number:
+            return self._check_id(int(text), repr(name))
         folded = {n.casefold(): n for n in self._names}
         close = difflib.get_close_matches(text.casefold(), list(folded), n=3, cutoff=0.6)
         hint = (

@@ -118,8 +118,8 @@ class DiTPipeline:
             class_labels = class_labels.tolist()
         ids: list[int] = []
         for item in class_labels:
-            if isinstance(item, str) and not item.strip().lstrip("-").isdigit():
-                ids.extend(self.get_label_ids([item]))
+            if isinstance(item, str) and (self.id2label or not item.strip().lstrip("-").isdigit()):
+                ids.extend(self.get_label_ids([item]))  # names first; a digit string naming no class is an id
             else:
                 ids.append(int(item))
         n = self.transformer.config.num_classes
@@ -138,7 +138,7 @@ class DiTPipeline:
         size, attr = cfg.label_sizes[k], self._attribute_names()[k]
         if value is None:
             return size  # the null row: this attribute is left free
-        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and (self.attributes or not value.strip().lstrip("-").isdigit()):
             if not self.attributes:
                 raise ValueError(f"this pipeline has no names for attribute {attr!r}; pass class ids")
             if attr not in self._attribute_maps:

@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--encoder", metavar="SPEC", help="condition encoder, e.g. toy:64 (default: the run's)")
     p.add_argument(
+        "--vae",
+        metavar="PATH",
+        help="a local AutoencoderKL folder (e.g. sd-vae-ft-ema) to decode latents; default: the run's VAE, "
+        "a pipeline folder's vae/, else pixel space",
+    )
+    p.add_argument(
         "--num-per-label", type=int, default=None, metavar="N", help="images per label (default 4)"
     )
     p.add_argument("--guidance-scale", type=float, default=None, metavar="S", help="1 = no guidance")
@@ -60,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _load(path_arg: str, use_ema: bool, encoder_spec: str | None = None):
+def _load(path_arg: str, use_ema: bool, encoder_spec: str | None = None, vae: str | None = None):
     """(pipeline, sample defaults, description, training image size or None) for --ckpt."""
     from ditkit.config import SampleSection
     from ditkit.encoders import load_encoder
@@ -87,7 +93,7 @@ def _load(path_arg: str, use_ema: bool, encoder_spec: str | None = None):
             spec = encoder_spec or (config.model.encoder if model.config.cond_dim else None)
             pipe = DiTPipeline(
                 model,
-                vae=config.data.vae,
+                vae=vae or config.data.vae,
                 id2label=id2label,
                 attributes=attributes,
                 encoder=load_encoder(spec),
@@ -97,7 +103,7 @@ def _load(path_arg: str, use_ema: bool, encoder_spec: str | None = None):
             )
             described = f"{path} (step {ckpt['step']}, {'EMA' if use_ema else 'raw'} weights)"
             return pipe, config.sample, described, config.data.image_size
-    pipe = DiTPipeline.from_pretrained(path, use_ema=use_ema, encoder=load_encoder(encoder_spec))
+    pipe = DiTPipeline.from_pretrained(path, use_ema=use_ema, encoder=load_encoder(encoder_spec), vae=vae)
     # Foreign models: the pipeline's own defaults (DDIM 50 steps, guidance 4, as diffusers).
     return pipe, SampleSection(sampler="ddim", steps=50, guidance_scale=4.0), str(path), None
 
@@ -268,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     from ditkit.train.monitor import make_grid
 
     pipe, defaults, description, image_size = _load(
-        args.ckpt, use_ema=not args.no_ema, encoder_spec=args.encoder
+        args.ckpt, use_ema=not args.no_ema, encoder_spec=args.encoder, vae=args.vae
     )
     columns, tags, npz_labels = _columns(pipe, args, image_size)
     per_label = args.num_per_label or defaults.num_per_label
