@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--bf16", action="store_true", help="also time both under bf16 autocast (fast on CPUs with AMX / AVX512-BF16)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -71,31 +74,41 @@ def main() -> None:
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=True)
 
+    # Eval mode keeps diffusers from dropping labels inside the network (ditkit never does); dropout is 0 in
+    # both, so the arithmetic is that of training mode.
+    theirs.eval()
+    autocast = {"dtype": torch.bfloat16, "enabled": False}
+
+    def run(model_call, opt=None):
+        with torch.autocast("cpu", **autocast):
+            out = model_call()
+        if opt is None:
+            return
+        loss = (out.float() - target).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
     def fwd_ours():
         with torch.no_grad():
-            ours(x, t, y)
+            run(lambda: ours(x, t, y))
 
     def fwd_theirs():
         with torch.no_grad():
-            theirs(x, t, class_labels=y).sample
+            run(lambda: theirs(x, t, class_labels=y).sample)
 
     def step_ours():
-        loss = (ours(x, t, y) - target).square().mean()
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ours.step()
+        run(lambda: ours(x, t, y), opt_ours)
 
     def step_theirs():
-        # Eval mode keeps diffusers from dropping labels inside the network (ditkit never does);
-        # dropout is 0 in both, so the arithmetic is the same as in training mode.
-        theirs.eval()
-        loss = (theirs(x, t, class_labels=y).sample - target).square().mean()
-        opt_theirs.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_theirs.step()
+        run(lambda: theirs(x, t, class_labels=y).sample, opt_theirs)
 
+    plan = [("forward", fwd_ours, fwd_theirs, False), ("train step", step_ours, step_theirs, False)]
+    if args.bf16:
+        plan += [("forward bf16", fwd_ours, fwd_theirs, True), ("step bf16", step_ours, step_theirs, True)]
     results = {}
-    for label, a, b in (("forward", fwd_ours, fwd_theirs), ("train step", step_ours, step_theirs)):
+    for label, a, b, bf16 in plan:
+        autocast["enabled"] = bf16
         a(), b(), a(), b()  # warm-up: allocator, thread pools, optimizer state
         ta, tb = [], []
         for _ in range(args.repeats):  # alternate, one call each, so drifts hit both alike
