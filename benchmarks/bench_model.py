@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--bf16", action="store_true", help="also time both under bf16 autocast (fast on CPUs with AMX / AVX512-BF16)"
+        "--bf16",
+        action="store_true",
+        help="also time both under bf16 autocast (fast on CPUs with AMX / AVX512-BF16)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

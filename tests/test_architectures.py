@@ -36,7 +36,8 @@ def test_every_design_builds_with_formula_count(name, block):
 
 
 @pytest.mark.parametrize(
-    "block, gflops", [("in-context", 119.4), ("cross-attention", 137.6), ("adaln", 118.6), ("adaln-zero", 118.6)]
+    "block, gflops",
+    [("in-context", 119.4), ("cross-attention", 137.6), ("adaln", 118.6), ("adaln-zero", 118.6)],
 )
 def test_gflops_of_block_designs_match_paper(block, gflops):
     assert round(ditkit.forward_flops(ditkit.model_config("DiT-XL/2", block=block)) / 1e9, 1) == gflops
@@ -94,7 +95,9 @@ def test_design_trains_and_samples(block):
         b = model(x0[:2], torch.tensor([500, 500]), torch.tensor([4, 4]))
     assert not torch.allclose(a, b)
     pipe = ditkit.DiTPipeline(model.eval())
-    images = pipe([1, 2], num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        [1, 2], num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (2, 8, 8, 4) and torch.isfinite(torch.from_numpy(images)).all()
 
 
@@ -109,8 +112,12 @@ def test_wikiart_presets():
         assert (c.norm, c.pos_embed, c.final_layer) == ("post", "learned", "linear")
         d = c.hidden_size
         expected = (
-            (4 * 4 * d + d) + (256 * d + d + d * d + d) + (12 + 28) * d + 256 * d  # patch, t, tables, pos
-            + c.depth * block_params("adaln-zero", d) + (d * 16 + 16)
+            (4 * 4 * d + d)
+            + (256 * d + d + d * d + d)
+            + (12 + 28) * d
+            + 256 * d  # patch, t, tables, pos
+            + c.depth * block_params("adaln-zero", d)
+            + (d * 16 + 16)
         )
         assert model.num_parameters() == expected
         # B and L land within 1% of the card; the card's "20M" for S cannot be met by 8 blocks of width 384

@@ -26,14 +26,20 @@ def randomized(model, std=0.05, seed=0):
 
 @pytest.fixture(scope="module")
 def multi_pipe():
-    model = ditkit.create_model("DiT-S/4", input_size=8, depth=2, hidden_size=32, num_heads=2, num_classes=(3, 4))
+    model = ditkit.create_model(
+        "DiT-S/4", input_size=8, depth=2, hidden_size=32, num_heads=2, num_classes=(3, 4)
+    )
     return DiTPipeline(randomized(model), attributes={"genre": GENRES, "style": STYLES})
 
 
 def test_multi_attribute_by_name_equals_by_id(multi_pipe):
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    by_name = multi_pipe([{"genre": "portrait", "style": "cubism"}, {"genre": "landscape", "style": "Realism"}],
-                         num_inference_steps=3, latents=x, output_type="latent")
+    by_name = multi_pipe(
+        [{"genre": "portrait", "style": "cubism"}, {"genre": "landscape", "style": "Realism"}],
+        num_inference_steps=3,
+        latents=x,
+        output_type="latent",
+    )
     by_id = multi_pipe(torch.tensor([[1, 1], [0, 3]]), num_inference_steps=3, latents=x, output_type="latent")
     torch.testing.assert_close(by_name.images, by_id.images, rtol=0, atol=0)
     assert by_name.labels == [(1, 1), (0, 3)]
@@ -42,8 +48,9 @@ def test_multi_attribute_by_name_equals_by_id(multi_pipe):
 def test_missing_attribute_is_left_free(multi_pipe):
     """Guiding on genre alone: cond = (genre, null style), uncond = (null, null)."""
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    got = multi_pipe([{"genre": "still_life"}], num_inference_steps=4, guidance_scale=3.0, latents=x,
-                     output_type="latent").images
+    got = multi_pipe(
+        [{"genre": "still_life"}], num_inference_steps=4, guidance_scale=3.0, latents=x, output_type="latent"
+    ).images
     model = multi_pipe.transformer
     fn = classifier_free_guidance(model, torch.tensor([[2, 4]]), torch.tensor([[3, 4]]), 3.0)
     want = sample_ddim(fn, make_sampling_process(multi_pipe.process, "ddim", 4), x)
@@ -73,8 +80,16 @@ def test_multi_attribute_pipeline_round_trip(multi_pipe, tmp_path):
 
 @pytest.fixture(scope="module")
 def emb_pipe():
-    model = ditkit.create_model("DiT-S/4", input_size=8, in_channels=3, depth=2, hidden_size=32, num_heads=2,
-                                num_classes=0, cond_dim=16)
+    model = ditkit.create_model(
+        "DiT-S/4",
+        input_size=8,
+        in_channels=3,
+        depth=2,
+        hidden_size=32,
+        num_heads=2,
+        num_classes=0,
+        cond_dim=16,
+    )
     return DiTPipeline(randomized(model), encoder=ToyEncoder(16, seed=3))
 
 
@@ -83,8 +98,9 @@ def test_embedding_condition_prompt_and_image(emb_pipe):
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
     prompts = ["an impressionist landscape", "a cubist portrait"]
     by_prompt = emb_pipe(prompt=prompts, num_inference_steps=3, latents=x, output_type="latent").images
-    by_vec = emb_pipe(condition=enc.encode_text(prompts), num_inference_steps=3, latents=x,
-                      output_type="latent").images
+    by_vec = emb_pipe(
+        condition=enc.encode_text(prompts), num_inference_steps=3, latents=x, output_type="latent"
+    ).images
     torch.testing.assert_close(by_prompt, by_vec, rtol=0, atol=0)
     img = Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8))
     by_image = emb_pipe(image=[img, img], num_inference_steps=3, latents=x, output_type="latent").images

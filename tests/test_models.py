@@ -21,7 +21,9 @@ def formula_params(depth: int, d: int, p: int, c_in: int, n_cls: int, learn_sigm
     patch = p * p * c_in * d + d
     t_emb = 256 * d + d + d * d + d
     y_emb = (n_cls + 1) * d
-    block = (3 * d * d + 3 * d) + (d * d + d) + (mlp * d * d + mlp * d) + (mlp * d * d + d) + (6 * d * d + 6 * d)
+    block = (
+        (3 * d * d + 3 * d) + (d * d + d) + (mlp * d * d + mlp * d) + (mlp * d * d + d) + (6 * d * d + 6 * d)
+    )
     final = (2 * d * d + 2 * d) + (d * p * p * c_out + p * p * c_out)
     return patch + t_emb + y_emb + depth * block + final
 
@@ -138,8 +140,11 @@ def reference_forward(model, x, t, y):
     freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
     temb = torch.cat([torch.cos(args), torch.sin(args)], -1)
-    temb = F.linear(F.silu(F.linear(temb, sd["t_embedder.mlp.0.weight"], sd["t_embedder.mlp.0.bias"])),
-                    sd["t_embedder.mlp.2.weight"], sd["t_embedder.mlp.2.bias"])
+    temb = F.linear(
+        F.silu(F.linear(temb, sd["t_embedder.mlp.0.weight"], sd["t_embedder.mlp.0.bias"])),
+        sd["t_embedder.mlp.2.weight"],
+        sd["t_embedder.mlp.2.bias"],
+    )
     cvec = temb + sd["y_embedder.embedding_table.weight"][y]
 
     def ln(z):
@@ -149,7 +154,9 @@ def reference_forward(model, x, t, y):
 
     for i in range(cfg.depth):
         pre = f"blocks.{i}."
-        mod = F.linear(F.silu(cvec), sd[pre + "adaLN_modulation.1.weight"], sd[pre + "adaLN_modulation.1.bias"])
+        mod = F.linear(
+            F.silu(cvec), sd[pre + "adaLN_modulation.1.weight"], sd[pre + "adaLN_modulation.1.bias"]
+        )
         sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, 1)
         z = ln(h) * (1 + sc1[:, None]) + sh1[:, None]
         qkv = F.linear(z, sd[pre + "attn.qkv.weight"], sd[pre + "attn.qkv.bias"])
@@ -160,17 +167,28 @@ def reference_forward(model, x, t, y):
         att = att.transpose(1, 2).reshape(n, -1, d)
         h = h + g1[:, None] * F.linear(att, sd[pre + "attn.proj.weight"], sd[pre + "attn.proj.bias"])
         z = ln(h) * (1 + sc2[:, None]) + sh2[:, None]
-        z = F.linear(F.gelu(F.linear(z, sd[pre + "mlp.fc1.weight"], sd[pre + "mlp.fc1.bias"]), approximate="tanh"),
-                     sd[pre + "mlp.fc2.weight"], sd[pre + "mlp.fc2.bias"])
+        z = F.linear(
+            F.gelu(F.linear(z, sd[pre + "mlp.fc1.weight"], sd[pre + "mlp.fc1.bias"]), approximate="tanh"),
+            sd[pre + "mlp.fc2.weight"],
+            sd[pre + "mlp.fc2.bias"],
+        )
         h = h + g2[:, None] * z
-    mod = F.linear(F.silu(cvec), sd["final_layer.adaLN_modulation.1.weight"], sd["final_layer.adaLN_modulation.1.bias"])
+    mod = F.linear(
+        F.silu(cvec), sd["final_layer.adaLN_modulation.1.weight"], sd["final_layer.adaLN_modulation.1.bias"]
+    )
     sh, sc = mod.chunk(2, 1)
-    out = F.linear(ln(h) * (1 + sc[:, None]) + sh[:, None], sd["final_layer.linear.weight"], sd["final_layer.linear.bias"])
+    out = F.linear(
+        ln(h) * (1 + sc[:, None]) + sh[:, None],
+        sd["final_layer.linear.weight"],
+        sd["final_layer.linear.bias"],
+    )
     c_out = cfg.out_channels
     img = torch.zeros(n, c_out, hgt, wid)
     for idx in range(gh * gw):
         r, col = divmod(idx, gw)
-        img[:, :, r * p : (r + 1) * p, col * p : (col + 1) * p] = out[:, idx].reshape(n, p, p, c_out).permute(0, 3, 1, 2)
+        img[:, :, r * p : (r + 1) * p, col * p : (col + 1) * p] = (
+            out[:, idx].reshape(n, p, p, c_out).permute(0, 3, 1, 2)
+        )
     return img
 
 
@@ -230,10 +248,22 @@ def test_drop_labels():
         (lambda: ditkit.create_model("DiT-XL/3"), "unknown model.*DiT-XL/2"),
         (lambda: ditkit.create_model("DiT-S/8", input_size=30), "not divisible by patch_size 8"),
         (lambda: ditkit.create_model("DiT-S/2", bogus=1), "unknown model option"),
-        (lambda: tiny()(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), torch.tensor([1, 11])), "label 11 is out of range"),
-        (lambda: tiny()(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), torch.tensor([-1, 1])), "out of range"),
-        (lambda: tiny()(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]), torch.tensor([1, 1])), r"expects \(N, 4, 8, 8\)"),
-        (lambda: tiny()(torch.randn(2, 4, 8, 8), torch.tensor([1, 2, 3]), torch.tensor([1, 1])), "one timestep per image"),
+        (
+            lambda: tiny()(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), torch.tensor([1, 11])),
+            "label 11 is out of range",
+        ),
+        (
+            lambda: tiny()(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), torch.tensor([-1, 1])),
+            "out of range",
+        ),
+        (
+            lambda: tiny()(torch.randn(2, 3, 8, 8), torch.tensor([1, 2]), torch.tensor([1, 1])),
+            r"expects \(N, 4, 8, 8\)",
+        ),
+        (
+            lambda: tiny()(torch.randn(2, 4, 8, 8), torch.tensor([1, 2, 3]), torch.tensor([1, 1])),
+            "one timestep per image",
+        ),
         (lambda: tiny()(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), None), "class-conditional"),
     ],
 )

@@ -13,7 +13,14 @@ from ditkit import DiTPipeline
 
 def tiny_model(seed: int = 0, **kw):
     torch.manual_seed(seed)
-    args = {"input_size": 8, "in_channels": 3, "num_classes": 5, "depth": 2, "hidden_size": 32, "num_heads": 2}
+    args = {
+        "input_size": 8,
+        "in_channels": 3,
+        "num_classes": 5,
+        "depth": 2,
+        "hidden_size": 32,
+        "num_heads": 2,
+    }
     args.update(kw)
     model = ditkit.create_model("DiT-S/4", **args)
     with torch.no_grad():  # a non-trivial network: zero-init would output 0 for every label
@@ -32,7 +39,9 @@ def pipe():
 
 @pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])
 def test_output_types(pipe, output_type):
-    out = pipe([0, 3], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type=output_type)
+    out = pipe(
+        [0, 3], num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type=output_type
+    )
     images = out.images
     if output_type == "pil":
         assert len(images) == 2 and isinstance(images[0], Image.Image) and images[0].size == (8, 8)
@@ -60,10 +69,14 @@ def test_per_image_generators_are_batch_independent(pipe, sampler, eta):
     kw = {"num_inference_steps": 5, "output_type": "latent", "sampler": sampler, "guidance_scale": 3.0}
     if eta:
         kw["eta"] = eta
-    both = pipe([1, 4], generator=[torch.Generator().manual_seed(11), torch.Generator().manual_seed(22)], **kw)
+    both = pipe(
+        [1, 4], generator=[torch.Generator().manual_seed(11), torch.Generator().manual_seed(22)], **kw
+    )
     alone = pipe([4], generator=[torch.Generator().manual_seed(22)], **kw)
     torch.testing.assert_close(both.images[1:], alone.images, rtol=1e-5, atol=1e-5)
-    other = pipe([1, 4], generator=[torch.Generator().manual_seed(99), torch.Generator().manual_seed(22)], **kw)
+    other = pipe(
+        [1, 4], generator=[torch.Generator().manual_seed(99), torch.Generator().manual_seed(22)], **kw
+    )
     torch.testing.assert_close(other.images[1:], alone.images, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(other.images[0], both.images[0])
 
@@ -71,8 +84,13 @@ def test_per_image_generators_are_batch_independent(pipe, sampler, eta):
 def test_latents_fix_the_noise(pipe):
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     a = pipe([0, 1], num_inference_steps=4, latents=x, output_type="latent").images
-    b = pipe([0, 1], num_inference_steps=4, latents=x.clone(), generator=torch.Generator().manual_seed(1),
-             output_type="latent").images
+    b = pipe(
+        [0, 1],
+        num_inference_steps=4,
+        latents=x.clone(),
+        generator=torch.Generator().manual_seed(1),
+        output_type="latent",
+    ).images
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -82,8 +100,15 @@ def test_guidance_scale_one_equals_unguided(pipe):
 
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(7))
     g = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
-    got = pipe([2, 4], num_inference_steps=6, sampler="ddpm", guidance_scale=1.0, latents=x, generator=g(),
-               output_type="latent").images
+    got = pipe(
+        [2, 4],
+        num_inference_steps=6,
+        sampler="ddpm",
+        guidance_scale=1.0,
+        latents=x,
+        generator=g(),
+        output_type="latent",
+    ).images
     y = torch.tensor([2, 4])
     process = make_sampling_process(pipe.process, "ddpm", 6)
     want = sample_ddpm(lambda xt, t: pipe.transformer(xt, t, y), process, x, generator=g())
@@ -116,15 +141,30 @@ def test_guidance_channels_3_reproduces_official_sampler():
     pipe = DiTPipeline(model)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(8))
     gens = lambda k: [torch.Generator().manual_seed(100 + i) for i in range(k)]  # noqa: E731
-    got = pipe([1, 3], num_inference_steps=5, sampler="ddpm", guidance_scale=4.0, guidance_channels=3,
-               latents=x, generator=gens(2), output_type="latent").images
+    got = pipe(
+        [1, 3],
+        num_inference_steps=5,
+        sampler="ddpm",
+        guidance_scale=4.0,
+        guidance_channels=3,
+        latents=x,
+        generator=gens(2),
+        output_type="latent",
+    ).images
     process = make_sampling_process(pipe.process, "ddpm", 5)
     y = torch.tensor([1, 3, 5, 5])
     ref = sample_ddpm(official_cfg_fn(model, y, 4.0), process, torch.cat([x, x]), generator=gens(4))
     torch.testing.assert_close(got, ref[:2], rtol=1e-5, atol=1e-5)
     # guiding all 4 channels (the default) is a different sampler
-    all4 = pipe([1, 3], num_inference_steps=5, sampler="ddpm", guidance_scale=4.0, latents=x, generator=gens(2),
-                output_type="latent").images
+    all4 = pipe(
+        [1, 3],
+        num_inference_steps=5,
+        sampler="ddpm",
+        guidance_scale=4.0,
+        latents=x,
+        generator=gens(2),
+        output_type="latent",
+    ).images
     assert not torch.allclose(all4, got, atol=1e-3)
 
 
@@ -138,9 +178,16 @@ def test_ddim_matches_diffusers_scheduler_loop():
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     got = pipe([0, 4], num_inference_steps=50, guidance_scale=3.0, latents=x, output_type="latent").images
 
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                          clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading",
-                          prediction_type="epsilon")
+    sched = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
     sched.set_timesteps(50)
     y = torch.tensor([0, 4, 5, 5])
     lat = x.clone()
@@ -208,8 +255,13 @@ def test_from_pretrained_reads_the_checkpoint_process(tmp_path):
 
     model = tiny_model(seed=2)
     ckpt = {
-        "format": "ditkit-checkpoint", "version": 1, "model_config": model.config.to_dict(),
-        "model": model.state_dict(), "ema": model.state_dict(), "step": 3, "label_names": ["a", "b", "c", "d", "e"],
+        "format": "ditkit-checkpoint",
+        "version": 1,
+        "model_config": model.config.to_dict(),
+        "model": model.state_dict(),
+        "ema": model.state_dict(),
+        "step": 3,
+        "label_names": ["a", "b", "c", "d", "e"],
         "config": {"process": {"schedule": "cosine", "num_timesteps": 1000}, "data": {"vae": None}},
     }
     torch.save(ckpt, tmp_path / "ckpt.pt")

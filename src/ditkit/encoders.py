@@ -91,7 +91,9 @@ class OpenCLIPEncoder:
             ) from None
         weights = Path(weights)
         if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: open_clip weights not found (give a local file; nothing downloads)")
+            raise FileNotFoundError(
+                f"{weights}: open_clip weights not found (give a local file; nothing downloads)"
+            )
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights))
         self.model = model.eval().to(device)
         self.tokenizer = open_clip.get_tokenizer(arch)

@@ -73,7 +73,9 @@ class DiTPipeline:
                 )
             for (attr, names), size in zip(attributes.items(), cfg.label_sizes):
                 if len(names) != size:
-                    raise ValueError(f"attribute {attr!r} has {len(names)} names but the model has {size} classes")
+                    raise ValueError(
+                        f"attribute {attr!r} has {len(names)} names but the model has {size} classes"
+                    )
             self.attributes = {str(k): [str(n) for n in v] for k, v in attributes.items()}
         self._attribute_maps: dict[str, Any] = {}
         # Embedding-conditioned models: an encoder (encode_image / encode_text) turns prompts into conditions.
@@ -171,7 +173,9 @@ class DiTPipeline:
                 values = [item.get(a) for a in names]
             elif isinstance(item, (list, tuple)):
                 if len(item) != len(names):
-                    raise ValueError(f"each label needs {len(names)} entries ({', '.join(names)}), got {item!r}")
+                    raise ValueError(
+                        f"each label needs {len(names)} entries ({', '.join(names)}), got {item!r}"
+                    )
                 values = list(item)
             else:
                 raise ValueError(
@@ -185,12 +189,16 @@ class DiTPipeline:
         cfg = self.transformer.config
         given = [v is not None for v in (condition, prompt, image)]
         if sum(given) != 1:
-            raise ValueError("this model is conditioned on an embedding: pass exactly one of condition=, prompt=, image=")
+            raise ValueError(
+                "this model is conditioned on an embedding: pass exactly one of condition=, prompt=, image="
+            )
         if condition is not None:
             cond = torch.as_tensor(condition, dtype=torch.float32)
         else:
             if self.encoder is None:
-                raise ValueError("prompts and images need an encoder: DiTPipeline(..., encoder=...) or --encoder")
+                raise ValueError(
+                    "prompts and images need an encoder: DiTPipeline(..., encoder=...) or --encoder"
+                )
             if prompt is not None:
                 cond = self.encoder.encode_text([prompt] if isinstance(prompt, str) else list(prompt))
             else:
@@ -245,7 +253,9 @@ class DiTPipeline:
         if run.get("process"):
             proc = run["process"]
             process = GaussianDiffusion.from_schedule(
-                proc.get("schedule", "linear"), proc.get("num_timesteps", 1000), learn_sigma=loaded.config.learn_sigma
+                proc.get("schedule", "linear"),
+                proc.get("num_timesteps", 1000),
+                learn_sigma=loaded.config.learn_sigma,
             )
         if vae is None and (run.get("data") or {}).get("vae"):
             vae = run["data"]["vae"]  # latent run: the VAE it was trained with
@@ -255,7 +265,12 @@ class DiTPipeline:
             encoder = load_encoder(run["model"]["encoder"])
         attributes = loaded.attributes or extra.get("attributes")
         pipe = cls(
-            loaded.model, vae=vae, id2label=loaded.id2label, attributes=attributes, encoder=encoder, process=process
+            loaded.model,
+            vae=vae,
+            id2label=loaded.id2label,
+            attributes=attributes,
+            encoder=encoder,
+            process=process,
         )
         if device is not None or dtype is not None:
             pipe.to(device, dtype)
@@ -307,7 +322,10 @@ class DiTPipeline:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
         sample_fn = get_sampler(sampler)
-        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= self.process.num_timesteps:
+        if (
+            not isinstance(num_inference_steps, int)
+            or not 1 <= num_inference_steps <= self.process.num_timesteps
+        ):
             raise ValueError(
                 f"num_inference_steps must be an integer in 1..{self.process.num_timesteps}, got {num_inference_steps!r}"
             )
@@ -318,7 +336,9 @@ class DiTPipeline:
         ids: Any = None
         if cfg.cond_dim:
             if class_labels is not None:
-                raise ValueError("this model is conditioned on embeddings: pass condition=, prompt= or image=")
+                raise ValueError(
+                    "this model is conditioned on embeddings: pass condition=, prompt= or image="
+                )
             y = self._embedding_condition(condition, prompt, image).to(device)
             null = torch.zeros_like(y)
             n = y.shape[0]

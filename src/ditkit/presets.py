@@ -22,25 +22,67 @@ MODEL_PRESETS["DiT-Digits"] = {"depth": 4, "hidden_size": 128, "num_heads": 4, "
 
 # huggan/wikiart label sets (class-label order of the dataset).
 WIKIART_GENRES = (
-    "abstract_painting", "cityscape", "genre_painting", "illustration", "landscape", "nude_painting",
-    "portrait", "religious_painting", "sketch_and_study", "still_life", "Unknown Genre",
+    "abstract_painting",
+    "cityscape",
+    "genre_painting",
+    "illustration",
+    "landscape",
+    "nude_painting",
+    "portrait",
+    "religious_painting",
+    "sketch_and_study",
+    "still_life",
+    "Unknown Genre",
 )
 WIKIART_STYLES = (
-    "Abstract_Expressionism", "Action_painting", "Analytical_Cubism", "Art_Nouveau", "Baroque",
-    "Color_Field_Painting", "Contemporary_Realism", "Cubism", "Early_Renaissance", "Expressionism", "Fauvism",
-    "High_Renaissance", "Impressionism", "Mannerism_Late_Renaissance", "Minimalism", "Naive_Art_Primitivism",
-    "New_Realism", "Northern_Renaissance", "Pointillism", "Pop_Art", "Post_Impressionism", "Realism", "Rococo",
-    "Romanticism", "Symbolism", "Synthetic_Cubism", "Ukiyo_e",
+    "Abstract_Expressionism",
+    "Action_painting",
+    "Analytical_Cubism",
+    "Art_Nouveau",
+    "Baroque",
+    "Color_Field_Painting",
+    "Contemporary_Realism",
+    "Cubism",
+    "Early_Renaissance",
+    "Expressionism",
+    "Fauvism",
+    "High_Renaissance",
+    "Impressionism",
+    "Mannerism_Late_Renaissance",
+    "Minimalism",
+    "Naive_Art_Primitivism",
+    "New_Realism",
+    "Northern_Renaissance",
+    "Pointillism",
+    "Pop_Art",
+    "Post_Impressionism",
+    "Realism",
+    "Rococo",
+    "Romanticism",
+    "Symbolism",
+    "Synthetic_Cubism",
+    "Ukiyo_e",
 )
 # DiT-WikiArt (seed 000): post-norm, learned position embedding, no final adaLN ("omitted final linear
 # layer": the last post-norm block already normalises and modulates, so only the output projection is left),
 # noise-only prediction, patch 2, genre + style conditioning on 32x32x4 SD-VAE latents.
 _WIKIART = {
-    "patch_size": 2, "input_size": 32, "in_channels": 4, "num_classes": (len(WIKIART_GENRES), len(WIKIART_STYLES)),
-    "learn_sigma": False, "norm": "post", "pos_embed": "learned", "final_layer": "linear",
+    "patch_size": 2,
+    "input_size": 32,
+    "in_channels": 4,
+    "num_classes": (len(WIKIART_GENRES), len(WIKIART_STYLES)),
+    "learn_sigma": False,
+    "norm": "post",
+    "pos_embed": "learned",
+    "final_layer": "linear",
 }
 for _size, (_depth, _width, _heads) in {"S": (8, 384, 6), "B": (12, 640, 10), "L": (16, 896, 14)}.items():
-    MODEL_PRESETS[f"DiT-WikiArt-{_size}"] = {"depth": _depth, "hidden_size": _width, "num_heads": _heads, **_WIKIART}
+    MODEL_PRESETS[f"DiT-WikiArt-{_size}"] = {
+        "depth": _depth,
+        "hidden_size": _width,
+        "num_heads": _heads,
+        **_WIKIART,
+    }
 
 # Label names a preset comes with: one list per attribute.
 PRESET_LABELS: dict[str, dict[str, tuple[str, ...]]] = {

@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.list or not args.name:
         rows = [(name, create_model(name, device="meta")) for name in MODEL_PRESETS]
-        print(f"{'model':<12} {'depth':>5} {'width':>5} {'heads':>5} {'patch':>5} {'params':>14} {'Gflops':>8}")
+        print(
+            f"{'model':<12} {'depth':>5} {'width':>5} {'heads':>5} {'patch':>5} {'params':>14} {'Gflops':>8}"
+        )
         for name, m in rows:
             c = m.config
             print(
@@ -47,16 +49,22 @@ def run(args: argparse.Namespace) -> int:
     c = model.config
     print(f"model            {args.name}")
     print(f"depth / width    {c.depth} / {c.hidden_size} ({c.num_heads} heads, patch {c.patch_size})")
-    print(f"block            {c.block}, {c.norm}-norm, {c.pos_embed} position embedding, final layer {c.final_layer}")
+    print(
+        f"block            {c.block}, {c.norm}-norm, {c.pos_embed} position embedding, final layer {c.final_layer}"
+    )
     print(f"input            {c.in_channels}x{c.input_size}x{c.input_size} -> {c.num_tokens} tokens")
     print(f"output channels  {c.out_channels}" + (" (eps + learned variance)" if c.learn_sigma else " (eps)"))
     if c.cond_dim:
-        print(f"condition        {c.cond_dim}-wide embedding" + (" + learned null" if c.has_null_label else ""))
+        print(
+            f"condition        {c.cond_dim}-wide embedding" + (" + learned null" if c.has_null_label else "")
+        )
     else:
         sizes = " x ".join(str(n) for n in c.label_sizes) or "none (unconditional)"
         print(f"classes          {sizes}" + (" (+ null per attribute)" if c.has_null_label else ""))
     if c.pos_embed == "sincos":
-        print(f"parameters       {model.num_parameters():,} trainable + {model.pos_embed.numel():,} fixed pos-embed")
+        print(
+            f"parameters       {model.num_parameters():,} trainable + {model.pos_embed.numel():,} fixed pos-embed"
+        )
     else:
         print(f"parameters       {model.num_parameters():,} trainable (learned pos-embed included)")
     print(f"Gflops           {forward_flops(c) / 1e9:.2f} (forward multiply-accumulates per image)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .images import ImageDataset
+from .images import FileImageDataset
 from .tables import encode_columns, pick_label_columns
 
 ATTR_FILES = ("list_attr_celeba.txt", "list_attr_celeba.csv")
@@ -62,7 +62,7 @@ def read_attr_file(path: Path) -> tuple[list[str], list[str], list[list[int]]]:
     return files, attrs, rows
 
 
-class CelebADataset(ImageDataset):
+class CelebADataset(FileImageDataset):
     kind_description = "CelebA"
 
     def __init__(self, root: str | Path, image_size: int, label_columns: Sequence[str] = ()) -> None:
@@ -89,12 +89,3 @@ class CelebADataset(ImageDataset):
         self.files = [images / f for f in files]
         self.label_columns = tuple(chosen)
         self.columns = attrs
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def source(self, index: int) -> Path:
-        return self.files[index]
-
-    def describe(self, index: int) -> str:
-        return str(self.files[index])

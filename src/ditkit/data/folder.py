@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from .images import IMAGE_SUFFIXES, ImageDataset, center_crop_arr, list_images
+from .images import IMAGE_SUFFIXES, FileImageDataset, center_crop_arr, list_images
 from .tables import pick_label_columns
 
 __all__ = ["IMAGE_SUFFIXES", "FolderDataset", "center_crop_arr"]
 
 
-class FolderDataset(ImageDataset):
+class FolderDataset(FileImageDataset):
     """One subfolder per class (names from the folders), or images directly in the folder (unconditional).
 
     Classes are the sorted folder names, as torchvision's ImageFolder orders them, except that all-numeric
@@ -68,12 +68,3 @@ class FolderDataset(ImageDataset):
         else:
             self.labels, self.label_names, self.label_columns = None, None, ()
         self.columns = columns
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def source(self, index: int) -> Path:
-        return self.files[index]
-
-    def describe(self, index: int) -> str:
-        return str(self.files[index])

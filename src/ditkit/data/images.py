@@ -128,33 +128,13 @@ class ImageBatch:
     upscaled: list[str] = field(default_factory=list)
 
 
-class ImageDataset:
-    """Images read on demand, with integer labels held in memory.
+class Labelled:
+    """Label bookkeeping shared by image data sets and latent caches: `labels` ((N,) or (N, K) int64, or None
+    when unconditional) and `label_names` (a list for one attribute, a dict attribute -> list for several)."""
 
-    Subclasses set `root` (a Path, for messages), `name`, `image_size`, `labels` ((N,) or (N, K) int64, or
-    None when unconditional), `label_names` (a list for one attribute, a dict attribute -> list for several,
-    None when unconditional), `label_columns` (tuple of attribute names) and implement `__len__`,
-    `source(i)` (a path or encoded bytes) and `describe(i)` (a file name for messages).
-    """
-
-    channels = 3
-    kind = "images"
-    name = "images"
-    image_size = 0
     labels: torch.Tensor | None = None
     label_names: list[str] | dict[str, list[str]] | None = None
-    label_columns: tuple[str, ...] = ()
 
-    def __len__(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def source(self, index: int) -> str | os.PathLike | bytes:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def describe(self, index: int) -> str:
-        return f"{self.name}[{index}]"
-
-    # -- labels ---------------------------------------------------------------------------------------
     @property
     def num_classes(self) -> int | tuple[int, ...]:
         """0 (unconditional), the class count of one attribute, or a tuple of counts for several."""
@@ -172,6 +152,31 @@ class ImageDataset:
         if self.labels is None:
             return torch.zeros(len(indices), dtype=torch.long)
         return self.labels[indices]
+
+
+class ImageDataset(Labelled):
+    """Images read on demand, with integer labels held in memory.
+
+    Subclasses set `root` (a Path, for messages), `name`, `image_size`, `labels` ((N,) or (N, K) int64, or
+    None when unconditional), `label_names` (a list for one attribute, a dict attribute -> list for several,
+    None when unconditional), `label_columns` (tuple of attribute names) and implement `__len__`,
+    `source(i)` (a path or encoded bytes) and `describe(i)` (a file name for messages).
+    """
+
+    channels = 3
+    kind = "images"
+    name = "images"
+    image_size = 0
+    label_columns: tuple[str, ...] = ()
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def source(self, index: int) -> str | os.PathLike | bytes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        return f"{self.name}[{index}]"
 
     # -- reading --------------------------------------------------------------------------------------
     def read_array(self, index: int) -> tuple[np.ndarray, bool]:
@@ -254,3 +259,18 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
         and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+
+
+class FileImageDataset(ImageDataset):
+    """An ImageDataset over a list of image files (`self.files`)."""
+
+    files: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def source(self, index: int) -> Path:
+        return self.files[index]
+
+    def describe(self, index: int) -> str:
+        return str(self.files[index])

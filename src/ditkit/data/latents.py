@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .images import Labelled
+
 LATENTS_FORMAT = "ditkit-latents"
 LATENTS_VERSION = 1
 INDEX_FILE = "index.json"
@@ -283,7 +285,7 @@ def finalize_cache(out: Path) -> Path | None:
 
 
 # -- reading ------------------------------------------------------------------------------------------
-class LatentCache:
+class LatentCache(Labelled):
     """A finished cache as a training data set: `load_moments(indices)` gives (N, 2, 2, C, h, w) float32,
     axes [original/mirror, mean/std, ...], and the labels of those rows.
 
@@ -375,23 +377,6 @@ class LatentCache:
     @property
     def in_memory(self) -> bool:
         return self._memory is not None
-
-    @property
-    def num_classes(self) -> int | tuple[int, ...]:
-        if not self.label_names:
-            return 0
-        if isinstance(self.label_names, dict):
-            return tuple(len(v) for v in self.label_names.values())
-        return len(self.label_names)
-
-    @property
-    def multi_label(self) -> bool:
-        return isinstance(self.label_names, dict)
-
-    def label_rows(self, indices: torch.Tensor) -> torch.Tensor:
-        if self.labels is None:
-            return torch.zeros(len(indices), dtype=torch.long)
-        return self.labels[indices]
 
     def load_moments(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._memory is not None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .images import ImageDataset
+from .images import FileImageDataset, ImageDataset
 
 # Column names taken as the image (a file path, or encoded bytes in tables), in order of preference.
 IMAGE_COLUMNS = ("image", "img", "file_name", "filename", "file", "path", "image_path", "image_file", "dir")
@@ -218,7 +218,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-class ManifestDataset(ImageDataset):
+class ManifestDataset(FileImageDataset):
     """A CSV/JSONL manifest: one row per image, an image-path column (relative to the manifest's folder, or
     to `image_root`) and label columns."""
 
@@ -264,15 +264,6 @@ class ManifestDataset(ImageDataset):
         self.label_columns = tuple(chosen)
         self.columns = columns
         self.name = manifest.parent.name or manifest.stem
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def source(self, index: int) -> Path:
-        return self.files[index]
-
-    def describe(self, index: int) -> str:
-        return str(self.files[index])
 
 
 # -- Arrow / Parquet tables and Hugging Face `datasets` folders -----------------------------------------

@@ -202,7 +202,11 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
         if metadata.get("format") == SAFETENSORS_FORMAT:
             model, names = load_safetensors_model(path)
             return LoadedModel(
-                model, "ditkit-safetensors", path, id2label=_labels(names), has_ema=None,
+                model,
+                "ditkit-safetensors",
+                path,
+                id2label=_labels(names),
+                has_ema=None,
                 attributes=_attributes(names),
             )
         state, _ = read_safetensors(path)
@@ -218,8 +222,14 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
         labels = obj.get("label_names")
         run_config = obj.get("config") if isinstance(obj.get("config"), dict) else None
         return LoadedModel(
-            model, "ditkit-checkpoint", path, id2label=_labels(labels), has_ema=has_ema, notes=notes,
-            attributes=_attributes(labels), extra={"run_config": run_config} if run_config else {},
+            model,
+            "ditkit-checkpoint",
+            path,
+            id2label=_labels(labels),
+            has_ema=has_ema,
+            notes=notes,
+            attributes=_attributes(labels),
+            extra={"run_config": run_config} if run_config else {},
         )
     if isinstance(obj, dict) and "format" in obj and isinstance(obj["format"], str):
         raise ValueError(f"{path}: unknown checkpoint format {obj['format']!r}")
@@ -247,8 +257,13 @@ def _load_file(path: Path, use_ema: bool, num_heads: int | None) -> LoadedModel:
 
 def _attributes(names: Any) -> dict[str, list[str]] | None:
     """Per-attribute label names ({"genre": [...], "style": [...]}) as multi-attribute checkpoints store them."""
-    if isinstance(names, dict) and names and all(
-        isinstance(k, str) and not k.lstrip("-").isdigit() and isinstance(v, (list, tuple)) for k, v in names.items()
+    if (
+        isinstance(names, dict)
+        and names
+        and all(
+            isinstance(k, str) and not k.lstrip("-").isdigit() and isinstance(v, (list, tuple))
+            for k, v in names.items()
+        )
     ):
         return {k: [str(n) for n in v] for k, v in names.items()}
     return None

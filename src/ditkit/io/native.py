@@ -73,8 +73,19 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
                 f"({first[:160]}); only tensors and plain containers are accepted"
             ) from None
         raise ValueError(f"{path}: not a readable checkpoint (corrupt or truncated): {first[:160]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, AttributeError, ValueError, KeyError, IndexError,
-            TypeError, UnicodeDecodeError, MemoryError) as err:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        AttributeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        UnicodeDecodeError,
+        MemoryError,
+    ) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: not a readable checkpoint (corrupt or truncated): {first[:160]}") from None
 

@@ -62,15 +62,22 @@ class ModelConfig:
         if isinstance(self.num_classes, tuple) and 0 in self.num_classes:
             raise ValueError(f"every attribute needs at least one class, got num_classes={self.num_classes}")
         for field, valid in (
-            ("block", BLOCKS), ("norm", NORMS), ("pos_embed", POS_EMBEDS), ("final_layer", FINAL_LAYERS),
+            ("block", BLOCKS),
+            ("norm", NORMS),
+            ("pos_embed", POS_EMBEDS),
+            ("final_layer", FINAL_LAYERS),
         ):
             if getattr(self, field) not in valid:
-                raise ValueError(f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(valid)}")
+                raise ValueError(
+                    f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(valid)}"
+                )
         if not isinstance(self.cond_dim, int) or self.cond_dim < 0:
             raise ValueError(f"cond_dim must be an integer >= 0, got {self.cond_dim!r}")
         if self.cond_dim and self.label_sizes:
-            raise ValueError("a model is conditioned on class labels or on an embedding (cond_dim), not both; "
-                             "set num_classes=0 for an embedding-conditioned model")
+            raise ValueError(
+                "a model is conditioned on class labels or on an embedding (cond_dim), not both; "
+                "set num_classes=0 for an embedding-conditioned model"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}; "
@@ -85,7 +92,9 @@ class ModelConfig:
         if not 0.0 <= self.class_dropout_prob < 1.0:
             raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
         if self.arithmetic not in ARITHMETICS:
-            raise ValueError(f"unknown arithmetic {self.arithmetic!r}; choose one of {', '.join(ARITHMETICS)}")
+            raise ValueError(
+                f"unknown arithmetic {self.arithmetic!r}; choose one of {', '.join(ARITHMETICS)}"
+            )
 
     # -- derived quantities -------------------------------------------------------------------------
     @property
@@ -126,8 +135,12 @@ class ModelConfig:
     def is_official_layout(self) -> bool:
         """True when the network has exactly the official DiT structure (exportable to official/diffusers)."""
         return (
-            self.block == "adaln-zero" and self.norm == "pre" and self.pos_embed == "sincos"
-            and self.final_layer == "adaln" and not self.multi_label and self.cond_dim == 0
+            self.block == "adaln-zero"
+            and self.norm == "pre"
+            and self.pos_embed == "sincos"
+            and self.final_layer == "adaln"
+            and not self.multi_label
+            and self.cond_dim == 0
         )
 
     # -- (de)serialisation ---------------------------------------------------------------------------

@@ -46,14 +46,24 @@ class DiT(nn.Module):
         if config.block in ("adaln-zero", "adaln"):
             eps = 1e-5 if diffusers_math else 1e-6
             blocks = [
-                DiTBlock(d, config.num_heads, config.mlp_ratio, eps, gated=config.block == "adaln-zero", post_norm=post)
+                DiTBlock(
+                    d,
+                    config.num_heads,
+                    config.mlp_ratio,
+                    eps,
+                    gated=config.block == "adaln-zero",
+                    post_norm=post,
+                )
                 for _ in range(config.depth)
             ]
         elif config.block == "in-context":
-            blocks = [ViTBlock(d, config.num_heads, config.mlp_ratio, post_norm=post) for _ in range(config.depth)]
+            blocks = [
+                ViTBlock(d, config.num_heads, config.mlp_ratio, post_norm=post) for _ in range(config.depth)
+            ]
         else:
             blocks = [
-                CrossAttentionBlock(d, config.num_heads, config.mlp_ratio, post_norm=post) for _ in range(config.depth)
+                CrossAttentionBlock(d, config.num_heads, config.mlp_ratio, post_norm=post)
+                for _ in range(config.depth)
             ]
         self.blocks = nn.ModuleList(blocks)
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels, kind=config.final_layer)
@@ -148,8 +158,10 @@ class DiT(nn.Module):
             if y is None:
                 raise ValueError(f"this model is class-conditional; pass y, labels of shape {want}")
             if y.shape != ((n,) if not cfg.multi_label else (n, len(sizes))):
-                raise ValueError(f"y has shape {tuple(y.shape)}; expected {want}, one label per image"
-                                 + (" and attribute" if cfg.multi_label else ""))
+                raise ValueError(
+                    f"y has shape {tuple(y.shape)}; expected {want}, one label per image"
+                    + (" and attribute" if cfg.multi_label else "")
+                )
             if y.dtype.is_floating_point:
                 raise ValueError("y holds labels and must be an integer tensor")
             # A range check costs a device sync on accelerators, so it runs where it is free (CPU); on GPU an

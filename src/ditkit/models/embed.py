@@ -110,7 +110,9 @@ class VectorEmbedder(nn.Module):
     def __init__(self, cond_dim: int, hidden_size: int) -> None:
         super().__init__()
         self.cond_dim = cond_dim
-        self.mlp = nn.Sequential(nn.Linear(cond_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(cond_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
         self.null_embedding = nn.Parameter(torch.zeros(hidden_size))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
