@@ -150,13 +150,14 @@ def manifest_folder(root: Path, kind: str = "csv", n: int = 6) -> Path:
     return root
 
 
-def tiny_vae(path: Path, latent_channels: int = 4) -> Path:
-    """A random diffusers AutoencoderKL (downsampling x2) saved with save_pretrained."""
+def tiny_vae_model(latent_channels: int = 4, scaling_factor: float | None = None):
+    """A random diffusers AutoencoderKL (downsampling x2), in eval mode."""
     import diffusers
     import torch
 
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
+    kwargs = {} if scaling_factor is None else {"scaling_factor": scaling_factor}
+    return diffusers.AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
@@ -166,8 +167,13 @@ def tiny_vae(path: Path, latent_channels: int = 4) -> Path:
         layers_per_block=1,
         norm_num_groups=4,
         sample_size=16,
-    )
-    vae.save_pretrained(str(path))
+        **kwargs,
+    ).eval()
+
+
+def tiny_vae(path: Path, latent_channels: int = 4) -> Path:
+    """`tiny_vae_model` saved with save_pretrained."""
+    tiny_vae_model(latent_channels).save_pretrained(str(path))
     return path
 
 

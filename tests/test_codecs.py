@@ -8,26 +8,14 @@ import pytest
 import torch
 
 import ditkit
+from _data_helpers import tiny_vae_model
 from ditkit.codecs import IdentityCodec, VAECodec, check_codec_compat, load_codec
 
 diffusers = pytest.importorskip("diffusers")
 
 
 def tiny_vae(latent_channels: int = 4, scaling_factor: float | None = None):
-    torch.manual_seed(0)
-    kwargs = {} if scaling_factor is None else {"scaling_factor": scaling_factor}
-    return diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=latent_channels,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=16,
-        **kwargs,
-    ).eval()
+    return tiny_vae_model(latent_channels, scaling_factor)
 
 
 @pytest.fixture(scope="module")

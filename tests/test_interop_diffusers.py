@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import ditkit
+from _data_helpers import tiny_vae_model
 from ditkit.io import convert, load_any, save_official, set_arithmetic
 
 diffusers = pytest.importorskip("diffusers")
@@ -55,18 +56,7 @@ def tiny_diffusers(num_classes: int = 10, tied: bool = True, seed: int = 0):
 
 
 def tiny_vae():
-    torch.manual_seed(0)
-    return diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=16,
-    ).eval()
+    return tiny_vae_model()
 
 
 def ddim():

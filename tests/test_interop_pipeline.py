@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ditkit
+from _data_helpers import tiny_vae_model
 from ditkit.codecs import IdentityCodec, VAECodec
 from ditkit.io import load_any, read_ditkit_pipeline, save_ditkit_pipeline
 from ditkit.labels import imagenet_id2label
@@ -26,18 +27,7 @@ def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> None
 
 
 def tiny_vae():
-    torch.manual_seed(0)
-    return diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=16,
-    ).eval()
+    return tiny_vae_model()
 
 
 def test_ditkit_pipeline_folder_round_trip(tmp_path):

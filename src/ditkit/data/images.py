@@ -153,6 +153,16 @@ class Labelled:
             return torch.zeros(len(indices), dtype=torch.long)
         return self.labels[indices]
 
+    def describe_labels(self) -> str:
+        """How the data is labelled, for the run log."""
+        n = self.num_classes
+        if not n:
+            return "no labels (unconditional)"
+        if isinstance(self.label_names, dict):
+            return ", ".join(f"{k} ({len(v)} classes)" for k, v in self.label_names.items())
+        columns = getattr(self, "label_columns", ())
+        return f"{columns[0] + ': ' if columns else ''}{n} classes"
+
 
 class ImageDataset(Labelled):
     """Images read on demand, with integer labels held in memory.
@@ -236,14 +246,7 @@ class ImageDataset(Labelled):
 
     def summary(self) -> str:
         """One line for the run log: what was found and how it is labelled."""
-        n = self.num_classes
-        if not n:
-            labels = "no labels (unconditional)"
-        elif isinstance(self.label_names, dict):
-            labels = ", ".join(f"{k} ({len(v)} classes)" for k, v in self.label_names.items())
-        else:
-            col = f"{self.label_columns[0]}: " if self.label_columns else ""
-            labels = f"{col}{n} classes"
+        labels = self.describe_labels()
         return f"{self.kind_description} {self.root}: {len(self)} images, {labels}"
 
     kind_description = "images"

@@ -405,13 +405,7 @@ class LatentCache(Labelled):
         return {k: v for k, v in self.__dict__.items() if k != "_handles"}
 
     def summary(self) -> str:
-        n = self.num_classes
-        if not n:
-            labels = "no labels (unconditional)"
-        elif isinstance(self.label_names, dict):
-            labels = ", ".join(f"{k} ({len(v)} classes)" for k, v in self.label_names.items())
-        else:
-            labels = f"{self.label_columns[0] + ': ' if self.label_columns else ''}{n} classes"
+        labels = self.describe_labels()
         c, h, w = self.latent_shape
         return (
             f"latent cache {self.root}: {len(self)} images ({self.image_size}px -> {c}x{h}x{w} latents, "
