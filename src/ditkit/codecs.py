@@ -129,7 +129,10 @@ class VAECodec:
         return next(self.vae.parameters()).dtype
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VAECodec:
-        self.vae.to(device=device, dtype=dtype)
+        # Pass only what is asked: diffusers warns about any dtype argument to `.to()`, even None.
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        if kwargs:
+            self.vae.to(**kwargs)
         return self
 
     def __repr__(self) -> str:
