@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -62,8 +63,15 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a checkpoint file")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive; legacy torch files and plain pickles start with the PROTO opcode.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ValueError(f"{path}: not a readable checkpoint (not a PyTorch file; empty, corrupt or another format)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # junk that starts like a pickle makes torch warn before it fails
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         # Only a refused global means "this pickle would import code"; other weights-only errors mean junk.
@@ -72,7 +80,7 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
                 f"{path}: refused to load: the file contains pickled Python objects that could run code "
                 f"({first[:160]}); only tensors and plain containers are accepted"
             ) from None
-        raise ValueError(f"{path}: not a readable checkpoint (corrupt or truncated): {first[:160]}") from None
+        raise ValueError(f"{path}: not a readable checkpoint (corrupt or truncated)") from None
     except (
         RuntimeError,
         EOFError,
