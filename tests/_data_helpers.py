@@ -181,3 +181,15 @@ def color_of(image) -> int:
     """The index in COLORS closest to the mean colour of an image tensor (3, S, S) in [-1, 1]."""
     mean = ((image.float().mean(dim=(1, 2)) + 1) * 127.5).numpy()
     return int(np.argmin([np.abs(mean - np.array(c)).sum() for c in COLORS]))
+
+
+# The smallest trainable run config, shared by the training, checkpoint and CLI tests (`--set` items).
+TINY_RUN = [
+    "model.depth=1",
+    "model.hidden_size=32",
+    "model.num_heads=2",
+    "model.patch_size=4",
+    "data.image_size=8",
+    "train.threads=1",
+    "sample.num_per_label=1",
+]

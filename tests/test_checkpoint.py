@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from _data_helpers import TINY_RUN
 from ditkit.config import load_config
 from ditkit.io.native import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, model_from_checkpoint, safe_torch_load
 from ditkit.train import (
@@ -26,18 +27,7 @@ from ditkit.train import (
 )
 from ditkit.train.checkpoint import clean_stale_temporaries
 
-TINY = [
-    "model.depth=1",
-    "model.hidden_size=32",
-    "model.num_heads=2",
-    "model.patch_size=4",
-    "data.image_size=8",
-    "train.batch_size=16",
-    "train.threads=1",
-    "train.sample_every=0",
-    "sample.steps=2",
-    "sample.num_per_label=1",
-]
+TINY = [*TINY_RUN, "train.batch_size=16", "train.sample_every=0", "sample.steps=2"]
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,12 @@ import pytest
 import torch
 import yaml
 
+from _data_helpers import TINY_RUN
 from ditkit.cli.main import main
 from ditkit.config import RunConfig, load_config
 from ditkit.train import list_checkpoints, load_checkpoint
 
-TINY = [
-    "model.depth=1",
-    "model.hidden_size=32",
-    "model.num_heads=2",
-    "model.patch_size=4",
-    "data.image_size=8",
-    "train.threads=1",
-    "sample.steps=3",
-    "sample.num_per_label=1",
-]
+TINY = [*TINY_RUN, "sample.steps=3"]
 
 
 def ditkit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

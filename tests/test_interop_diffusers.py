@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import ditkit
+from _data_helpers import tiny_vae as save_tiny_vae
 from _data_helpers import tiny_vae_model
 from ditkit.io import convert, load_any, save_official, set_arithmetic
 
@@ -313,15 +314,7 @@ def test_pipeline_export_loads_in_diffusers(tmp_path):
 def test_pipeline_export_checks_vae_channels(tmp_path):
     model = official_origin_model()
     save_official(model, tmp_path / "dit.pt")
-    torch.manual_seed(0)
-    diffusers.AutoencoderKL(
-        block_out_channels=(8,),
-        latent_channels=3,
-        norm_num_groups=4,
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-    ).save_pretrained(tmp_path / "vae3")
+    save_tiny_vae(tmp_path / "vae3", latent_channels=3)
     with pytest.raises(ValueError, match="has 3 latent channels but the model expects 4"):
         convert(tmp_path / "dit.pt", tmp_path / "pipe", to="diffusers", pipeline=True, vae=tmp_path / "vae3")
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ditkit
+from _data_helpers import tiny_vae as save_tiny_vae
 from _data_helpers import tiny_vae_model
 from ditkit.codecs import IdentityCodec, VAECodec
 from ditkit.io import load_any, read_ditkit_pipeline, save_ditkit_pipeline
@@ -72,15 +73,7 @@ def test_broken_ditkit_pipeline_folders(tmp_path):
     (broken / "transformer.safetensors").unlink()
     with pytest.raises(ValueError, match="transformer.safetensors is missing"):
         load_any(broken)
-    torch.manual_seed(0)
-    diffusers.AutoencoderKL(
-        block_out_channels=(8,),
-        latent_channels=3,
-        norm_num_groups=4,
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-    ).save_pretrained(tmp_path / "vae3")
+    save_tiny_vae(tmp_path / "vae3", latent_channels=3)
     with pytest.raises(ValueError, match="has 3 latent channels but the model expects 4"):
         save_ditkit_pipeline(tmp_path / "bad", model, None, vae=tmp_path / "vae3")
     index = json.loads((tmp_path / "pipe" / "ditkit_pipeline.json").read_text())

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ditkit
+from _data_helpers import TINY_RUN
 from ditkit.config import apply_overrides, load_config
 from ditkit.train import (
     LRSchedule,
@@ -26,18 +27,12 @@ from ditkit.train import (
 from ditkit.train import loop as loop_module
 
 TINY = [
-    "model.depth=1",
-    "model.hidden_size=32",
-    "model.num_heads=2",
-    "model.patch_size=4",
-    "data.image_size=8",
+    *TINY_RUN,
     "train.batch_size=16",
     "train.log_every=5",
     "train.ckpt_every=1000",
     "train.sample_every=0",
-    "train.threads=1",
     "sample.steps=4",
-    "sample.num_per_label=1",
 ]
 
 
