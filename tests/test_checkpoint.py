@@ -13,8 +13,16 @@ import pytest
 import torch
 
 from _data_helpers import TINY_RUN
+from ditkit.conditioning import Conditioning
 from ditkit.config import load_config
-from ditkit.io.native import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, model_from_checkpoint, safe_torch_load
+from ditkit.io.native import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CHECKSUM_KEY,
+    model_from_checkpoint,
+    safe_torch_load,
+    weights_checksum,
+)
 from ditkit.train import (
     CHECKPOINT_KEYS,
     find_checkpoint,
@@ -39,7 +47,11 @@ def run(tmp_path_factory):
 
 def test_checkpoint_format(run):
     raw = torch.load(run.checkpoint, map_location="cpu", weights_only=True)  # no code is unpickled
-    assert tuple(raw) == CHECKPOINT_KEYS
+    assert set(raw) == {*CHECKPOINT_KEYS, "conditioning", "precision", CHECKSUM_KEY}
+    assert raw[CHECKSUM_KEY] == {"model": weights_checksum(raw["model"]), "ema": weights_checksum(raw["ema"])}
+    assert raw["precision"] in ("fp32", "bf16")  # the resolved precision the run trained in
+    cond = Conditioning.from_dict(raw["conditioning"])
+    assert cond.kind == "class" and cond.sizes == (10,) and cond.label_names() == raw["label_names"]
     assert raw["format"] == CHECKPOINT_FORMAT and raw["version"] == CHECKPOINT_VERSION == 1
     assert raw["step"] == 4 and isinstance(raw["config"], dict) and raw["config"]["recipe"] == "digits"
     assert raw["label_names"] == [str(i) for i in range(10)]

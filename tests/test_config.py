@@ -120,3 +120,28 @@ def test_bad_files_and_names(tmp_path):
     broken.write_text("train: [unclosed\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_config(str(broken))
+
+
+def test_allow_outside_paths_is_a_data_key_and_coercion_lives_in_its_own_module():
+    from ditkit.config import read_config_file, valid_keys  # still importable from ditkit.config
+    from ditkit.config_coerce import coerce, merge
+
+    assert RunConfig().data.allow_outside_paths is False
+    assert load_config(None, ["data.allow_outside_paths=yes"]).data.allow_outside_paths is True
+    assert "data.allow_outside_paths" in valid_keys() and callable(read_config_file)
+    assert coerce("1,2", tuple[int, ...], "k") == (1, 2) and coerce("3e-4", float | None, "k") == 3e-4
+    with pytest.raises(ValueError, match="unknown config key 'data.alow_outside_paths'; did you mean"):
+        apply_overrides(RunConfig(), ["data.alow_outside_paths=true"])
+    assert (
+        merge(RunConfig(), {"train": {"lr": "1e-3"}}, {"train": type(RunConfig().train)}, origin="x").train.lr
+        == 1e-3
+    )
+
+
+def test_config_sampler_choices_are_the_registry():
+    """config.py keeps a plain tuple (no import of the sampling layer at config time); it must list exactly
+    the registry's samplers, so the config, the CLI and the pipeline accept the same names."""
+    from ditkit import config
+    from ditkit.sampling import sampler_names
+
+    assert set(config.SAMPLERS) == set(sampler_names())

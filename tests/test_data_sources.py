@@ -121,7 +121,7 @@ def test_manifest_errors(tmp_path):
     with pytest.raises(ValueError, match=r"1 of 7 listed files do not exist \(e.g. images/missing.png\)"):
         open_dataset(root, 8)
     manifest.write_text("file_name,label\nimages/0.png,\n")
-    with pytest.raises(ValueError, match="row 0 has no value in label column 'label'"):
+    with pytest.raises(ValueError, match="row 1 has no value in label column 'label'"):
         open_dataset(manifest, 8)
     manifest.write_text("file_name,label\n")
     with pytest.raises(ValueError, match="lists no images"):
@@ -188,7 +188,7 @@ def test_celeba_missing_images(tmp_path):
 def test_label_column_rules():
     ids, names = encode_column("genre", [0, 2, 1], names=["a", "b", "c"])
     assert ids.tolist() == [0, 2, 1] and names == ["a", "b", "c"]
-    with pytest.raises(ValueError, match="row 1 has no label"):
+    with pytest.raises(ValueError, match="row 2 has no label"):
         encode_column("genre", [0, -1], names=["a", "b"])
     assert encode_column("n", ["3", "10", "3"])[1] == [str(i) for i in range(11)]  # digits stay ids
     assert encode_column("Smiling", [1, -1, 1])[0].tolist() == [1, 0, 1]

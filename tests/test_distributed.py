@@ -21,6 +21,7 @@ ARGS = [
     "data.image_size=8",
     "data.hflip=true",
     "train.threads=1",
+    "train.precision=fp32",  # equality across processes: "auto" is bf16 on CPUs with AMX/AVX512-BF16
     "train.batch_size=16",
     "train.max_steps=6",
     "train.log_every=1",

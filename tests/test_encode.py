@@ -13,7 +13,6 @@ from ditkit.codecs import VAECodec
 from ditkit.config import load_config
 from ditkit.data import LatentCache, open_dataset
 from ditkit.train import load_checkpoint, train
-from ditkit.train import loop as loop_module
 
 pytest.importorskip("diffusers")
 
@@ -135,16 +134,21 @@ def test_fresh_posterior_sample_and_flip_every_step(setup, tmp_path, monkeypatch
     _, _, vae = setup
     root = _fake_cache(tmp_path / "fake", vae)
     seen = []
-    original = loop_module.GaussianDiffusion.training_losses
+    from ditkit.train.objectives import DDPMObjective
 
-    def spy(self, model, x_start, *args, **kwargs):
-        seen.append(x_start.detach().clone() / 0.18215)
-        return original(self, model, x_start, *args, **kwargs)
+    original = DDPMObjective.losses
 
-    monkeypatch.setattr(loop_module.GaussianDiffusion, "training_losses", spy)
+    def spy(self, model, x0, *args, **kwargs):  # what the objective is handed: the scaled latents
+        seen.append(x0.detach().clone() / 0.18215)
+        return original(self, model, x0, *args, **kwargs)
+
+    monkeypatch.setattr(DDPMObjective, "losses", spy)
     cfg = load_config(None, [*TINY, f"data.path={root}", "train.batch_size=4", "train.max_steps=4",
                              f"data.hflip={hflip}", f"train.output_dir={tmp_path / 'runs'}", "model.patch_size=2"])  # fmt: skip
     train(cfg, progress=False, echo=False)
+    # the trainer may run the objective twice on one step's batch (a first-step check): one entry per step
+    seen = [x for k, x in enumerate(seen) if k == 0 or not torch.equal(x, seen[k - 1])]
+    assert len(seen) == 4
     x = torch.stack(seen)  # (steps, 4 images, C, h, w) in unscaled latent units
     signs = x.mean(dim=(2, 3, 4)).sign()
     if hflip:

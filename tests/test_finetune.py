@@ -100,7 +100,8 @@ def test_finetune_from_an_official_file_on_the_command_line(official_file, tmp_p
     # the body must match: a wrong preset names the right one (or the sizes to set)
     code = main(["train", "--data", str(data), "--init-from", str(path), "--image-size", "8", "--output-dir",
                  str(tmp_path / "runs"), "--no-progress"])  # fmt: skip
-    assert code == 2 and "the source model has depth 1 (config: 4)" in capsys.readouterr().err
+    # with --data and no recipe named, the generic recipe picks DiT-S/2 (depth 12) for 8x8 inputs
+    assert code == 2 and "the source model has depth 1 (config: 12)" in capsys.readouterr().err
 
 
 def test_finetune_recipe_is_mindones():

@@ -214,7 +214,7 @@ def test_label_names(pipe):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"sampler": "euler"}, "unknown sampler"),
+        ({"sampler": "lms"}, "unknown sampler"),
         ({"output_type": "jpeg"}, "unknown output_type"),
         ({"class_labels": [7]}, "out of range"),
         ({"latents": torch.zeros(1, 3, 8, 8)}, "expected"),
@@ -263,6 +263,11 @@ def test_from_pretrained_reads_the_checkpoint_process(tmp_path):
         "step": 3,
         "label_names": ["a", "b", "c", "d", "e"],
         "config": {"process": {"schedule": "cosine", "num_timesteps": 1000}, "data": {"vae": None}},
+        # the rest of the training-checkpoint schema (ditkit.train.state), unused by sampling
+        "optimizer": {},
+        "scheduler": {},
+        "rng": {"generator": torch.Generator().get_state()},
+        "ditkit_version": ditkit.__version__,
     }
     torch.save(ckpt, tmp_path / "ckpt.pt")
     pipe = DiTPipeline.from_pretrained(tmp_path / "ckpt.pt")
@@ -280,3 +285,144 @@ def test_names_win_over_id_strings():
     assert named.get_label_ids(["2"]) == [2]  # no class is named "2": read as an id
     with pytest.raises(ValueError, match="out of range"):
         named.get_label_ids(["7"])
+
+
+# ----------------------------------------------------------------------------------------------- round 2: samplers
+def _lat(pipe, labels=(1, 3), **kw):
+    x = torch.randn(len(labels), 3, 8, 8, generator=torch.Generator().manual_seed(21))
+    return pipe(list(labels), latents=x, output_type="latent", **kw)
+
+
+def test_scheduler_object_equals_the_builtin_sampler(pipe):
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
+    )
+    theirs = _lat(pipe, scheduler=sched, num_inference_steps=8, guidance_scale=3.0)
+    ours = _lat(pipe, sampler="dpm++2m", num_inference_steps=8, guidance_scale=3.0)
+    torch.testing.assert_close(theirs.images, ours.images, rtol=1e-5, atol=1e-5)
+    assert theirs.info["sampler"] == "DPMSolverMultistepScheduler" and theirs.info["nfe"] == 8
+    assert ours.info["grid"][:2] == [999.0, 874.0] and ours.info["grid"][-1] == -1.0
+    with pytest.raises(ValueError, match=r"has no set_timesteps\(\) or step\(\)"):
+        pipe([1], scheduler=object(), num_inference_steps=2)
+
+
+def test_info_nfe_and_default_steps(pipe):
+    out = _lat(pipe, sampler="heun", num_inference_steps=5, guidance_scale=2.0)
+    assert out.info["nfe"] == 9 and out.info["steps"] == 5 and out.info["guidance"] == "cfg"
+    assert out.info["precision"] == "fp32" and out.info["guidance_interval"] is None
+    default = pipe([1], sampler="dpm++2m", output_type="latent")
+    assert default.info["steps"] == 20 and default.info["nfe"] == 20
+    with pytest.raises(ValueError, match="integer in 1..1000"):
+        pipe([1], num_inference_steps=1001)
+    with pytest.raises(ValueError, match="eta applies"):
+        pipe([1], sampler="unipc", num_inference_steps=2, eta=0.5)
+
+
+def test_guidance_interval_edges(pipe):
+    kw = {"sampler": "dpm++2m", "num_inference_steps": 6, "guidance_scale": 3.0}
+    plain = _lat(pipe, **kw).images
+    assert torch.equal(_lat(pipe, guidance_interval=(0.0, 1.0), **kw).images, plain)
+    cond = _lat(pipe, sampler="dpm++2m", num_inference_steps=6, guidance_scale=1.0).images
+    empty = _lat(pipe, guidance_interval=(0.4, 0.4), **kw)
+    assert torch.equal(empty.images, cond) and empty.info["guidance_interval"] == [0.4, 0.4]
+    for bad, match in [
+        ((-0.1, 0.5), r"lie in \[0, 1\]"),
+        ((0.7, 0.2), "lo > hi"),
+        ((0.0, 1.5), "lie in"),
+        ("ab", "two numbers"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _lat(pipe, guidance_interval=bad, **kw)
+
+
+def test_guidance_interval_guides_only_inside(monkeypatch):
+    model = tiny_model(seed=3)
+    pipe = DiTPipeline(model)
+    batches = []
+    forward = model.forward
+
+    def spy(x, t, y=None, w=None):
+        batches.append((int(t[0]), x.shape[0]))
+        return forward(x, t, y)
+
+    monkeypatch.setattr(model, "forward", spy)
+    pipe([1, 2], sampler="dpm++2m", num_inference_steps=5, guidance_interval=(0.3, 0.7), output_type="latent")
+    # uniform grid 999, 799, 599, 400, 200: guided (doubled batch) only at noise levels 0.3..0.7
+    assert batches == [(999, 2), (799, 2), (599, 4), (400, 4), (200, 2)]
+
+
+def test_autoguidance_with_the_model_itself_is_the_conditional_sample(pipe):
+    kw = {"sampler": "unipc", "num_inference_steps": 5}
+    cond = _lat(pipe, guidance_scale=1.0, **kw)
+    auto = _lat(pipe, guidance_scale=3.0, guide_model=pipe.transformer, **kw)
+    assert torch.equal(auto.images, cond.images)
+    assert auto.info["guidance"] == "autoguidance" and auto.info["nfe"] == 10  # model + guide per step
+    weaker = tiny_model(seed=8)
+    other = _lat(DiTPipeline(pipe.transformer, guide_model=weaker), guidance_scale=3.0, **kw)
+    assert not torch.allclose(other.images, cond.images)
+    for bad, match in [
+        (tiny_model(num_classes=7), "num_classes"),
+        (tiny_model(in_channels=4), "in_channels"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _lat(pipe, guidance_scale=2.0, guide_model=bad, **kw)
+        with pytest.raises(ValueError, match=match):
+            DiTPipeline(pipe.transformer, guide_model=bad)
+
+
+def test_unconditional_autoguidance_and_ignored_scale():
+    uncond = DiTPipeline(tiny_model(num_classes=0))
+    out = uncond(num_images=2, num_inference_steps=3, sampler="euler", output_type="latent")
+    assert out.info["guidance_scale"] == 1.0 and out.info["guidance"] is None  # default 4 does not apply
+    auto = uncond(
+        num_images=2,
+        num_inference_steps=3,
+        sampler="euler",
+        guidance_scale=2.0,
+        guide_model=tiny_model(seed=5, num_classes=0),
+        output_type="latent",
+    )
+    assert auto.info["guidance"] == "autoguidance" and auto.info["nfe"] == 6
+    with pytest.raises(ValueError, match="num_images must be a positive integer"):
+        uncond(num_images=0, num_inference_steps=2)
+
+
+def test_pipeline_callback_sees_every_step(pipe):
+    seen = []
+    out = _lat(pipe, sampler="heun", num_inference_steps=4, callback=lambda i, n, x: seen.append((i, n)))
+    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)] and out.info["nfe"] == 7
+
+
+def test_non_finite_samples_raise():
+    model = tiny_model(seed=6)
+    with torch.no_grad():
+        model.blocks[1].mlp.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"weight 'blocks.1.mlp.fc1.weight' holds NaN/inf"):
+        DiTPipeline(model)([1], num_inference_steps=2)
+    with pytest.raises(ValueError, match="finite"):
+        DiTPipeline(tiny_model())([1], num_inference_steps=2, guidance_scale=float("nan"))
+    with pytest.raises(ValueError, match="NaN/inf values"):
+        DiTPipeline(tiny_model())([1], num_inference_steps=2, latents=torch.full((1, 3, 8, 8), float("inf")))
+
+
+def test_euler_sde_is_stochastic_and_seeded(pipe):
+    kw = {"sampler": "euler-sde", "num_inference_steps": 4}
+    g = lambda s: [torch.Generator().manual_seed(s), torch.Generator().manual_seed(s + 1)]  # noqa: E731
+    a, b = _lat(pipe, generator=g(1), **kw).images, _lat(pipe, generator=g(1), **kw).images
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, _lat(pipe, generator=g(5), **kw).images)
+    assert not torch.allclose(a, _lat(pipe, sampler="euler", num_inference_steps=4).images)
+    # eta > 0 replaces its default 1; ddim with eta 1 on the same grid is the same sampler
+    half = _lat(pipe, generator=g(1), eta=0.5, **kw).images
+    assert not torch.allclose(a, half)
+
+
+def test_explicit_timesteps(pipe):
+    out = _lat(pipe, sampler="dpm++2m", timesteps=[999, 500, 100, -1], guidance_scale=2.0)
+    assert out.info["grid"] == [999.0, 500.0, 100.0, -1.0] and out.info["nfe"] == 3 and out.info["steps"] == 3
+    with pytest.raises(ValueError, match="descending"):
+        _lat(pipe, timesteps=[100, 500, -1])
+    with pytest.raises(ValueError, match="clean point"):
+        _lat(pipe, timesteps=[999, 500])

@@ -337,11 +337,13 @@ def test_guidance_accepts_embeddings_and_validates():
 
 # ----------------------------------------------------------------------------------------------- registry and grids
 def test_registry_grids_and_errors(base, toy):
-    assert SAMPLERS == {"ddpm": sample_ddpm, "ddim": sample_ddim}
-    with pytest.raises(ValueError, match="valid samplers: ddim, ddpm"):
-        get_sampler("euler")
+    # Round 2: the registry maps names to specs (function, default steps, kinds); calling a spec calls it.
+    assert SAMPLERS["ddpm"].fn is sample_ddpm and SAMPLERS["ddim"].fn is sample_ddim
+    assert set(SAMPLERS) == {"ddpm", "ddim", "euler", "heun", "dpm++2m", "unipc", "euler-sde"}
+    with pytest.raises(ValueError, match="valid samplers: ddpm, ddim, euler"):
+        get_sampler("lms")
     with pytest.raises(ValueError, match="valid samplers"):
-        make_sampling_process(base, "heun", 10)
+        make_sampling_process(base, "lms", 10)
     assert make_sampling_process(base, "ddpm", 250).timestep_map.tolist() == space_timesteps(1000, "250")
     assert make_sampling_process(base, "ddim", 50).timestep_map.tolist() == list(range(0, 1000, 20))
     # 300 steps: no integer stride gives exactly 300 out of 1000, so the evenly strided grid is used.

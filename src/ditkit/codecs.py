@@ -59,7 +59,10 @@ def find_vae_folder(path: str | os.PathLike) -> Path:
     """The folder holding an AutoencoderKL (config.json + weights). A pipeline folder resolves to its vae/."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such VAE folder")
+        raise FileNotFoundError(
+            f"{path}: no such VAE folder; download one once, e.g. `hf download stabilityai/sd-vae-ft-ema "
+            "--local-dir sd-vae-ft-ema`, and pass that folder"
+        )
     if not path.is_dir():
         raise ValueError(
             f"{path}: a VAE must be a folder (config.json + diffusion_pytorch_model.*), not a file"
@@ -71,7 +74,7 @@ def find_vae_folder(path: str | os.PathLike) -> Path:
         raise ValueError(f"{path}: not a VAE folder (no config.json)")
     try:
         config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         raise ValueError(f"{config_file}: not valid JSON ({err})") from None
     cls = config.get("_class_name") if isinstance(config, dict) else None
     if cls not in VAE_CLASS_NAMES:
@@ -111,7 +114,16 @@ class VAECodec:
         except ImportError:  # pragma: no cover - diffusers is a test dependency
             raise ValueError("the VAE codec needs diffusers: pip install 'ditkit[diffusers]'") from None
         try:
-            vae = AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
+            from diffusers.utils import is_accelerate_available
+
+            # Without accelerate, diffusers prints a notice on every load unless this is off: say it ourselves.
+            quiet = {} if is_accelerate_available() else {"low_cpu_mem_usage": False}
+        except ImportError:  # pragma: no cover - older diffusers
+            quiet = {}
+        try:
+            vae = AutoencoderKL.from_pretrained(
+                str(folder), torch_dtype=dtype, local_files_only=True, **quiet
+            )
         except Exception as err:  # diffusers raises many types; the CLI wants one line naming the file
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"{folder}: could not load the VAE: {first[:200]}") from None

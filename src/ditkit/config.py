@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .config_coerce import (  # noqa: F401 - read_config_file stays importable from here
+    keys_of,
+    merge,
+    nested_overrides,
+    read_config_file,
+    unknown_key,
+)
+from .distill.config import DistillSection
+from .recipes import RECIPES
 
 __all__ = [
     "DataSection",
@@ -36,7 +44,7 @@ __all__ = [
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpm++2m", "unipc", "euler-sde")  # ditkit.sampling.SAMPLERS
 
 
 def _positive(section: str, obj: Any, *names: str, allow_zero: bool = False) -> None:
@@ -54,24 +62,23 @@ def _choice(section: str, name: str, value: str, choices: tuple[str, ...]) -> No
         raise ValueError(f"{section}.{name} must be one of {', '.join(choices)}; got {value!r}{hint}")
 
 
+# ModelConfig fields the config does not set: the data decides the input and the labels, the process the
+# time input, the preset the name; dropout and cond_dim have their own entries below.
+DECIDED_ELSEWHERE = frozenset(
+    {"input_size", "in_channels", "num_classes", "time_input", "name", "cond_dim", "class_dropout_prob"}
+)
+
+
 @dataclass(frozen=True)
-class ModelSection:
-    """Which network. `name` is a preset (`ditkit info --list`); the other sizes override the preset when set.
+class _ModelChoices:
+    """Which network. `name` is a preset (`ditkit info --list`); every architecture field of
+    `ditkit.models.ModelConfig` (depth, hidden_size, num_heads, patch_size, mlp_ratio, block, norm, pos_embed,
+    final_layer, learn_sigma, arithmetic, ...) is also a key here, None = the preset's value. The list of
+    those keys is derived from ModelConfig, so a new network option is a config key with no edit here.
 
     input size, channels and class count come from the data (and the VAE, for latent training)."""
 
-    name: str = "DiT-Digits"
-    depth: int | None = None
-    hidden_size: int | None = None
-    num_heads: int | None = None
-    patch_size: int | None = None
-    mlp_ratio: float | None = None
-    # Architecture variants (ditkit.models.config: BLOCKS, NORMS, POS_EMBEDS, FINAL_LAYERS); None = the preset's.
-    block: str | None = None
-    norm: str | None = None
-    pos_embed: str | None = None
-    final_layer: str | None = None
-    learn_sigma: bool | None = None  # None = the preset's (True for the official sizes)
+    name: str = "DiT-Digits"  # a preset, or "auto" (DiT-S with a patch size that suits the data)
     # Label dropout for classifier-free guidance; 0 trains without a null label (no guidance possible).
     # With several label columns this drops all attributes of a sample together ("joint" dropout).
     class_dropout_prob: float = 0.1
@@ -90,11 +97,12 @@ class ModelSection:
 
     def __post_init__(self) -> None:
         for name in ("depth", "hidden_size", "num_heads", "patch_size"):
-            value = getattr(self, name)
+            value = getattr(self, name, None)
             if value is not None and value <= 0:
                 raise ValueError(f"model.{name} must be > 0, got {value!r}")
-        if self.mlp_ratio is not None and self.mlp_ratio <= 0:
-            raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+        ratio = getattr(self, "mlp_ratio", None)
+        if ratio is not None and ratio <= 0:
+            raise ValueError(f"model.mlp_ratio must be > 0, got {ratio!r}")
         if not 0.0 <= self.class_dropout_prob < 1.0:
             raise ValueError(f"model.class_dropout_prob must be in [0, 1), got {self.class_dropout_prob!r}")
         attr = self.attribute_dropout_prob
@@ -112,17 +120,51 @@ class ModelSection:
                 "--set model.encoder=toy:64"
             )
 
+    def architecture(self) -> dict[str, Any]:
+        """The ModelConfig fields this config sets (the rest come from the preset)."""
+        return {k: getattr(self, k) for k in ARCHITECTURE_KEYS if getattr(self, k) is not None}
+
+
+def _architecture_fields() -> list[tuple[str, Any, Any]]:
+    from .models.config import ModelConfig
+
+    hints = typing.get_type_hints(ModelConfig)
+    return [
+        (f.name, hints[f.name] | None, field(default=None))
+        for f in dataclasses.fields(ModelConfig)
+        if f.name not in DECIDED_ELSEWHERE
+    ]
+
+
+ModelSection = dataclasses.make_dataclass(
+    "ModelSection", _architecture_fields(), bases=(_ModelChoices,), frozen=True
+)
+ModelSection.__doc__ = _ModelChoices.__doc__
+ModelSection.__module__ = __name__
+ARCHITECTURE_KEYS = tuple(name for name, _, _ in _architecture_fields())
+
 
 @dataclass(frozen=True)
 class ProcessSection:
-    """The diffusion process the network is trained for (DiT: linear betas, 1000 steps)."""
+    """The process the network is trained for: `kind` names the training objective (ditkit.train.objectives:
+    "ddpm", DiT's linear betas over 1000 steps; "flow", flow matching); the other keys are its options."""
 
-    schedule: str = "linear"
-    num_timesteps: int = 1000
+    kind: str = "ddpm"
+    schedule: str = "linear"  # ddpm only
+    num_timesteps: int = 1000  # ddpm only
+    # flow only: how the noise level s of each sample is drawn, logit-normal's location and scale (SD3: 0, 1),
+    # and the SD3 timestep shift s' = k s / (1 + (k - 1) s) (1 = none)
+    time_sampling: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError(f"process.kind must be a name (ddpm, flow), got {self.kind!r}")
         _choice("process", "schedule", self.schedule, ("linear", "cosine"))
-        _positive("process", self, "num_timesteps")
+        _choice("process", "time_sampling", self.time_sampling, ("uniform", "logit-normal"))
+        _positive("process", self, "num_timesteps", "logit_std", "shift")
 
 
 @dataclass(frozen=True)
@@ -138,16 +180,19 @@ class DataSection:
     # trains unconditionally.
     label_columns: tuple[str, ...] = ()
     # Pixel side the images are brought to (folders: ADM centre crop; digits: their native 8x8 by default,
-    # bicubic upscaling otherwise; see ditkit/data/digits.py for why 8 is the default).
+    # bicubic upscaling otherwise; see ditkit/data/digits.py for why 8 is the default). 0 = infer it from
+    # the data: 256 with a VAE, the images' own size (up to 64) in pixel space; the run log states it.
     image_size: int = 8
     hflip: bool = False  # random horizontal flip (off for digits: a mirrored 3 is not a 3)
     # A VAE for latent-space training (e.g. "stabilityai/sd-vae-ft-ema"); None trains in pixel space.
     vae: str | None = None
     num_workers: int = 0
+    # Let a manifest (CSV/JSONL/Parquet) name images outside its own folder (../x.png, /abs/x.png); refused
+    # by default, so a manifest cannot make training read arbitrary files.
+    allow_outside_paths: bool = False
 
     def __post_init__(self) -> None:
-        _positive("data", self, "image_size")
-        _positive("data", self, "num_workers", allow_zero=True)
+        _positive("data", self, "image_size", "num_workers", allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -169,8 +214,14 @@ class TrainSection:
     ema_decay: float = 0.9999
     # decay_t = min(ema_decay, (1 + t) / (10 + t)): short runs average recent weights instead of the init.
     ema_warmup: bool = True
-    precision: str = "auto"  # auto = bf16 autocast on GPUs that support it, fp32 elsewhere
+    # auto = bf16 autocast where the device runs it fast (ditkit.runtime.resolve_precision), fp32 elsewhere
+    precision: str = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    compile: bool = (
+        False  # torch.compile the network (ditkit.runtime.maybe_compile; eager without a compiler)
+    )
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, slower
+    eval_every: int = 0  # judge samples every N steps (ditkit.evaluation); 0 = never
     threads: int = 0  # CPU threads for torch; 0 = all cores
     seed: int = 0
     log_every: int = 50
@@ -183,7 +234,7 @@ class TrainSection:
         _positive("train", self, "max_steps", "batch_size", "grad_accum", "lr", "log_every", "ckpt_every")
         _positive("train", self, "keep_last")
         _positive("train", self, "warmup_steps", "weight_decay", "grad_clip", "threads", allow_zero=True)
-        _positive("train", self, "sample_every", allow_zero=True)
+        _positive("train", self, "sample_every", "eval_every", allow_zero=True)
         _choice("train", "lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("train", "precision", self.precision, PRECISIONS)
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -215,6 +266,9 @@ class SampleSection:
     num_per_label: int = 4  # rows of the training grid
     labels: tuple[int, ...] = ()  # grid labels; () = every class (the first 8 when there are more than 16)
     seed: int = 0
+    # explicit descending timesteps of the sampling grid (a few-step distilled student records its own);
+    # () = the sampler's grid for `steps`
+    grid: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _choice("sample", "sampler", self.sampler, SAMPLERS)
@@ -231,6 +285,7 @@ _SECTIONS = {
     "data": DataSection,
     "train": TrainSection,
     "sample": SampleSection,
+    "distill": DistillSection,
 }
 
 
@@ -242,6 +297,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     sample: SampleSection = field(default_factory=SampleSection)
+    distill: DistillSection = field(default_factory=DistillSection)  # ditkit distill; teacher None = no
 
     # -- (de)serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -292,170 +348,21 @@ _Dumper.add_representer(
 
 # -- keys, types and coercion -----------------------------------------------------------------------
 def valid_keys() -> list[str]:
-    keys = ["recipe"]
-    for name, cls in _SECTIONS.items():
-        keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
-    return keys
+    return keys_of(_SECTIONS)
 
 
 def _unknown_key(key: str, origin: str) -> ValueError:
-    keys = valid_keys()
-    # Match on the whole dotted key, and on the leaf alone (`--set lr=1e-3` -> train.lr).
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-    if not close:
-        leaf = key.rsplit(".", 1)[-1]
-        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
-        near = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
-        close = [leaves[near[0]]] if near else []
-    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(keys)}"
-    return ValueError(f"{origin}: unknown config key {key!r}{hint}")
-
-
-def _type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "null"
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}"
-        return f"a list of {len(args)} {_type_name(args[0])}s"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
-
-
-_BOOL_WORDS = {
-    "true": True,
-    "yes": True,
-    "on": True,
-    "1": True,
-    "false": False,
-    "no": False,
-    "off": False,
-    "0": False,
-}
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`, converting the obvious spellings (a string "3e-4" for a
-    float, a comma list for a tuple). Raises ValueError naming the key and the expected type."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            if type(None) in args:
-                return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ValueError:
-                pass
-        raise ValueError(f"{key} expects {_type_name(tp)}, got {value!r}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{key} expects {_type_name(tp)}, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            raise ValueError(f"{key} expects {_type_name(tp)}, got {list(value)!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str | int) and str(value).strip().lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[str(value).strip().lower()]
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str | float) and not isinstance(value, bool):
-            try:
-                number = float(str(value).replace("_", ""))
-            except ValueError:
-                number = None
-            if number is not None and number.is_integer():
-                return int(number)
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-    raise ValueError(f"{key} expects {_type_name(tp)}, got {value!r}")
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return unknown_key(key, origin, valid_keys())
 
 
 def _merge(config: RunConfig, data: dict[str, Any], *, origin: str) -> RunConfig:
-    """Apply a nested dict of values on top of `config`, strictly."""
-    changes: dict[str, Any] = {}
-    for name, values in data.items():
-        if name == "recipe":
-            changes["recipe"] = _coerce(values, str, "recipe")
-            continue
-        if name not in _SECTIONS:
-            raise _unknown_key(str(name), origin)
-        if values is None:
-            continue
-        if not isinstance(values, dict):
-            raise ValueError(f"{origin}: section {name!r} must be a mapping of keys, got {values!r}")
-        section = getattr(config, name)
-        hints = _hints(type(section))
-        updates = {}
-        for key, value in values.items():
-            if key not in hints:
-                raise _unknown_key(f"{name}.{key}", origin)
-            updates[key] = _coerce(value, hints[key], f"{name}.{key}")
-        changes[name] = dataclasses.replace(section, **updates)
-    return dataclasses.replace(config, **changes)
+    """Apply a nested dict of values on top of `config`, strictly (ditkit.config_coerce.merge)."""
+    return merge(config, data, _SECTIONS, origin=origin)
 
 
 def apply_overrides(config: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:
     """Apply `["train.lr=3e-4", "data.hflip=true"]` (or {"train.lr": 3e-4}) with type checking."""
-    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
-    nested: dict[str, Any] = {}
-    for key, value in items:
-        if isinstance(value, str) and not isinstance(overrides, dict):
-            value = _parse_scalar(value)
-        if key == "recipe":
-            raise ValueError(
-                "--set recipe=... is not an override; pass the recipe name as the CONFIG argument"
-            )
-        if "." not in key:
-            raise _unknown_key(key, "--set")
-        section, leaf = key.split(".", 1)
-        if section not in _SECTIONS or "." in leaf:
-            raise _unknown_key(key, "--set")
-        nested.setdefault(section, {})[leaf] = value
-    return _merge(config, nested, origin="--set")
-
-
-def _split(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise ValueError(f"--set expects key=value (e.g. train.lr=3e-4), got {item!r}")
-    key, value = item.split("=", 1)
-    return key.strip(), value.strip()
-
-
-def _parse_scalar(text: str) -> Any:
-    try:
-        return yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        return text
+    return _merge(config, nested_overrides(overrides, _SECTIONS), origin="--set")
 
 
 def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
@@ -465,23 +372,11 @@ def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
 
 
 # -- loading ----------------------------------------------------------------------------------------
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such config file")
-    text = path.read_text()
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(
-            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}"
-        ) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config sections at the top level")
-    return data
+def recipe(name: str) -> RunConfig:
+    """The RunConfig of a recipe by name (ditkit.recipes holds them as plain overrides)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+    return _merge(RunConfig(recipe=name), RECIPES[name], origin=f"recipe {name!r}")
 
 
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -489,8 +384,6 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
 
     A file starts from the recipe named by its `recipe:` key (default `digits`) and overrides it.
     """
-    from .recipes import RECIPES, recipe
-
     if source is None:
         config = recipe("digits")
     elif str(source) in RECIPES:

@@ -83,18 +83,37 @@ class OpenCLIPEncoder:
     """open_clip model with local weights; images in [-1, 1] are resized and normalised as CLIP expects."""
 
     def __init__(self, arch: str, weights: str | Path, device: str | torch.device = "cpu") -> None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"{weights}: open_clip weights not found (give a local file; nothing downloads)"
+            )
+        state = read_encoder_weights(weights)  # before open_clip sees the file: nothing is unpickled
         try:
             import open_clip
         except ImportError:
             raise ValueError(
                 "the open_clip encoder needs the open_clip_torch package: pip install open_clip_torch"
             ) from None
-        weights = Path(weights)
-        if not weights.is_file():
-            raise FileNotFoundError(
-                f"{weights}: open_clip weights not found (give a local file; nothing downloads)"
+        known = list(open_clip.list_models())
+        if arch not in known:
+            from .presets import suggest
+
+            raise ValueError(
+                f"unknown open_clip architecture {arch!r}{suggest(arch, known)}; "
+                "`python -c 'import open_clip; print(open_clip.list_models())'` lists them"
             )
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights))
+        try:
+            model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=None)
+        except Exception as err:  # open_clip raises many types; one line naming the architecture
+            raise ValueError(f"open_clip could not build {arch!r}: {str(err).strip()[:160]}") from None
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            missing, extra = result.missing_keys, result.unexpected_keys
+            raise ValueError(
+                f"{weights}: these are not {arch} weights ({len(missing)} missing key(s), e.g. "
+                f"{', '.join(missing[:2]) or '-'}; {len(extra)} unexpected, e.g. {', '.join(extra[:2]) or '-'})"
+            )
         self.model = model.eval().to(device)
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.device = torch.device(device)
@@ -117,6 +136,30 @@ class OpenCLIPEncoder:
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts)).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=1)
+
+
+def read_encoder_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of an encoder weights file (safetensors, or a torch file holding only tensors), with a
+    training wrapper ({"state_dict": ...}, a "module." prefix) removed; one-line errors for anything else."""
+    from .io.layouts import strip_wrapper_prefix
+    from .io.native import read_safetensors, safe_torch_load
+
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        state, _ = read_safetensors(path)
+    else:
+        state = safe_torch_load(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        raise ValueError(f"{path}: not an encoder weights file (expected a state dict of tensors)")
+    state, _ = strip_wrapper_prefix(dict(state))
+    return state
 
 
 def load_encoder(spec: str | None, device: str | torch.device = "cpu") -> Any:

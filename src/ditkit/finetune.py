@@ -218,9 +218,20 @@ def init_from(
 ) -> InitReport:
     """Copy what fits from the model at `path` into `net` (in place) and report it (see the module docstring).
 
-    `label_names` are the new model's class names (a list, or a dict attribute -> list)."""
+    `label_names` are the new model's class names: a `ditkit.conditioning.Conditioning`, a list, or a dict
+    attribute -> list. Source weights with NaN/inf are refused, naming the first bad tensor."""
+    from .conditioning import Conditioning
+
+    if isinstance(label_names, Conditioning):
+        label_names = label_names.label_names()
     loaded = loaded if loaded is not None else load_source(path)
     source = loaded.model
+    for name, value in source.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"--init-from {path}: non-finite weights (NaN/inf) in key {name!r}; the file is damaged or comes "
+                "from a run that diverged: start from an earlier checkpoint"
+            )
     scfg, tcfg = source.config, net.config
     check_compatible(scfg, tcfg, str(path), heads_known=loaded.format.startswith("ditkit"))
     report = InitReport(str(path), loaded.format)

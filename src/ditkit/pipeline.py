@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 
 from .diffusion import GaussianDiffusion
 from .models import DiT
-from .sampling import classifier_free_guidance, get_sampler, make_sampling_process, randn
+from .sampling import randn
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -26,10 +26,13 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 @dataclass
 class ImagePipelineOutput:
     """`images`: a list of PIL images, an N×H×W×C numpy array in [0, 1], an N×C×H×W tensor in [0, 1], or
-    the final latents (output_type "latent"); `labels`: the class ids that were sampled."""
+    the final latents (output_type "latent"); `labels`: the class ids that were sampled; `info`: sampler,
+    steps, guidance_scale, guidance ("cfg", "autoguidance" or None), guidance_interval, grid, nfe (network
+    evaluations per image, a batched cond + null forward counting one) and precision."""
 
     images: Any
     labels: list[int] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class DiTPipeline:
@@ -49,6 +52,8 @@ class DiTPipeline:
         attributes: dict[str, Sequence[str]] | None = None,
         encoder: Any = None,
         process: GaussianDiffusion | None = None,
+        guide_model: DiT | None = None,
+        flow_process: Any = None,
     ) -> None:
         if not isinstance(transformer, DiT):
             raise ValueError(
@@ -84,6 +89,19 @@ class DiTPipeline:
         self.process = process or GaussianDiffusion.from_schedule(
             "linear", 1000, learn_sigma=transformer.config.learn_sigma
         )
+        # A flow-matching run's process section (dict); None for DDPM models and SiT files.
+        self.flow_process = flow_process
+        # Autoguidance: a weaker model of the same kind (e.g. an earlier checkpoint) guides every call.
+        if guide_model is not None:
+            from .sampling.run import check_guide_model
+
+            check_guide_model(transformer, guide_model)
+            guide_model = guide_model.eval()
+        self.guide_model = guide_model
+        # What from_pretrained read: the run's sample section (ditkit checkpoints), the source, the image size.
+        self.sample_defaults: dict[str, Any] = {}
+        self.sample_grid: list[float] | None = None  # an explicit grid the checkpoint records (sample.grid)
+        self.source: dict[str, Any] = {}
 
     # -- labels -------------------------------------------------------------------------------------
     @property
@@ -236,22 +254,28 @@ class DiTPipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         encoder: Any = None,
+        family: str | None = None,
+        guide_model: Any = None,
     ) -> DiTPipeline:
         """Load any model file or folder ditkit understands (see `ditkit.io.load_any`).
 
         `vae` overrides the VAE: a folder path, a codec or an AutoencoderKL. A diffusers pipeline folder brings
-        its own vae/; a ditkit pipeline folder may too.
+        its own vae/; a ditkit pipeline folder may too. `family="sit"` reads SiT files. `guide_model`: a DiT or
+        a path, for autoguidance. A ditkit training checkpoint also brings its process, VAE, encoder and its
+        sample section (`pipe.sample_defaults`); `pipe.source` says what was loaded.
         """
         from .io import load_any
 
-        loaded = load_any(path, use_ema=use_ema)
+        loaded = load_any(path, use_ema=use_ema, family=family)
         extra = loaded.extra or {}
         if vae is None and loaded.vae_path is not None:
             vae = loaded.vae_path
-        process = None
         run = extra.get("run_config") or {}  # a ditkit training checkpoint's resolved config
-        if run.get("process"):
-            proc = run["process"]
+        proc = run.get("process") or extra.get("process") or {}
+        process = flow_process = None
+        if proc.get("kind", "ddpm") == "flow":
+            flow_process = dict(proc)
+        elif proc:
             process = GaussianDiffusion.from_schedule(
                 proc.get("schedule", "linear"),
                 proc.get("num_timesteps", 1000),
@@ -263,15 +287,29 @@ class DiTPipeline:
             from .encoders import load_encoder
 
             encoder = load_encoder(run["model"]["encoder"])
-        attributes = loaded.attributes or extra.get("attributes")
+        if isinstance(guide_model, (str, os.PathLike)):
+            guide_model = load_any(guide_model, use_ema=use_ema, family=family).model
         pipe = cls(
             loaded.model,
             vae=vae,
             id2label=loaded.id2label,
-            attributes=attributes,
+            attributes=loaded.attributes or extra.get("attributes"),
             encoder=encoder,
             process=process,
+            guide_model=guide_model,
+            flow_process=flow_process,
         )
+        pipe.sample_defaults = dict(run.get("sample") or {})
+        recorded = pipe.sample_defaults.get("grid") or (run.get("distill") or {}).get("grid")
+        pipe.sample_grid = [float(v) for v in recorded] if recorded else None
+        pipe.source = {
+            "path": str(path),
+            "format": loaded.format,
+            "step": extra.get("step"),
+            "ema": bool(use_ema and loaded.has_ema is not False),
+            "image_size": (run.get("data") or {}).get("image_size"),
+            "notes": list(loaded.notes),
+        }
         if device is not None or dtype is not None:
             pipe.to(device, dtype)
         return pipe
@@ -280,15 +318,82 @@ class DiTPipeline:
         """Write a ditkit pipeline folder (transformer.safetensors with its config, label names, vae/)."""
         from .io import save_ditkit_pipeline
 
-        extra = {"attributes": self.attributes} if self.attributes else None
-        return save_ditkit_pipeline(path, self.transformer, self.id2label, vae=self.vae, extra=extra)
+        extra = {"attributes": self.attributes} if self.attributes else {}
+        if self.flow_process:
+            extra["process"] = dict(self.flow_process)
+        return save_ditkit_pipeline(path, self.transformer, self.id2label, vae=self.vae, extra=extra or None)
 
     # -- sampling -----------------------------------------------------------------------------------
+    @property
+    def is_flow(self) -> bool:
+        """Whether this is a flow-matching model (sampled with the flow denoiser)."""
+        from .sampling.flow import is_flow
+
+        return is_flow(self.flow_process, self.transformer.config)
+
+    def make_denoiser(
+        self, network: DiT, cond: Any = None, counter: Any = None, variance_type: str | None = None
+    ):
+        """The unguided denoiser of ``network`` (this pipeline's model or a guide) bound to ``cond``."""
+        from .sampling import DDPMDenoiser
+        from .sampling.flow import denoiser_for
+
+        if self.is_flow:
+            if variance_type is not None:
+                raise ValueError("variance_type applies to DDPM models only; this is a flow model")
+            return denoiser_for(
+                self.flow_process, network, cond, model_config=network.config, counter=counter
+            )
+        return DDPMDenoiser(network, self.process, cond, variance_type=variance_type, counter=counter)
+
+    def _condition(self, class_labels, condition, prompt, image, num_images, latents):
+        """(cond, null, ids, n) for the model's kind of conditioning."""
+        cfg = self.transformer.config
+        device = self.device
+        if cfg.cond_dim:
+            if class_labels is not None:
+                raise ValueError(
+                    "this model is conditioned on embeddings: pass condition=, prompt= or image="
+                )
+            y = self._embedding_condition(condition, prompt, image).to(device)
+            return y, torch.zeros_like(y), None, y.shape[0]
+        if cfg.label_sizes:
+            if class_labels is None:
+                raise ValueError("this model is class-conditional: pass class_labels (ids or names)")
+            if cfg.multi_label:
+                ids = self._multi_ids(class_labels)
+                y = torch.tensor(ids, dtype=torch.long, device=device).view(-1, len(cfg.label_sizes))
+                null = torch.tensor(cfg.label_sizes, dtype=torch.long, device=device).expand_as(y)
+            else:
+                ids = self._class_ids(class_labels)
+                y = torch.tensor(ids, dtype=torch.long, device=device)
+                null = cfg.null_label
+            if not ids:
+                raise ValueError("nothing to sample: class_labels is empty")
+            return y, null, ids, len(ids)
+        if class_labels is not None:
+            raise ValueError("this model is unconditional: pass num_images=N instead of class_labels")
+        n = num_images if num_images is not None else (latents.shape[0] if latents is not None else 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_images must be a positive integer, got {n!r}")
+        return None, None, None, n
+
+    def _initial_noise(self, n: int, generator: Any, latents: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.transformer.config
+        shape = (n, cfg.in_channels, cfg.input_size, cfg.input_size)
+        if latents is None:
+            if isinstance(generator, (list, tuple)) and len(generator) != n:
+                raise ValueError(f"got {len(generator)} generators for {n} images; pass one per image")
+            return randn(shape, generator, device=self.device)
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
+        return latents.to(device=self.device, dtype=torch.float32)
+
     @torch.no_grad()
     def __call__(
         self,
         class_labels: Any = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         guidance_scale: float = 4.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -296,6 +401,12 @@ class DiTPipeline:
         sampler: str = "ddim",
         guidance_channels: int | None = None,
         *,
+        scheduler: Any = None,
+        guidance_interval: tuple[float, float] | None = None,
+        guide_model: DiT | None = None,
+        callback: Any = None,
+        grid_spacing: str | None = None,
+        timesteps: Any = None,
         eta: float = 0.0,
         variance_type: str | None = None,
         num_images: int | None = None,
@@ -308,105 +419,87 @@ class DiTPipeline:
         """Sample one image per class label.
 
         class_labels: ids or names (a list, or one). Multi-attribute models take one dict per image
-        ({"genre": "landscape", "style": "Impressionism"}; a missing attribute is left free, so guidance works
-        on any subset) or one sequence per image. Embedding-conditioned models take `condition` (N, cond_dim),
-        or `prompt` / `image` through the pipeline's encoder. For an unconditional model leave it None and
-        pass `num_images`. sampler: "ddim" (default; 50 steps = official "ddim50" spacing) or "ddpm" (ancestral with
-        the learned variance; official default 250). guidance_scale: classifier-free guidance, active when
-        != 1, conditional and null batched in one forward. guidance_channels: None guides every eps channel;
-        3 reproduces the official sampler. generator: one torch.Generator, or a list with one per image
-        (image k then depends on its own generator only). latents: the initial noise (N, C, H, W).
-        variance_type: None uses the model's (learned range when it learns sigma); "fixed_small" reproduces
-        diffusers' DDPM scheduler, which discards the learned variance.
+        ({"genre": "landscape", "style": "Impressionism"}; a missing attribute is left free) or one sequence
+        per image. Embedding-conditioned models take `condition` (N, cond_dim), or `prompt` / `image` through
+        the pipeline's encoder. Unconditional models: leave it None and pass `num_images` (guidance_scale
+        does not apply to them, except with a guide_model).
+        sampler: a name of `ditkit.sampling.SAMPLERS` ("ddpm", "ddim", "euler", "heun", "dpm++2m", "unipc",
+        "euler-sde"); num_inference_steps None = the sampler's default (ddpm 250, ddim 50, dpm++2m 20, ...).
+        scheduler: a diffusers scheduler object instead (`set_timesteps` + `step`; default 50 steps).
+        grid_spacing: the timestep grid (`ditkit.sampling.DDPM_SPACINGS`: official, ddim, leading, linspace,
+        uniform, trailing, karras, logsnr); None = the sampler's own (ddpm official, ddim ddim, euler/heun
+        linspace, dpm++2m/unipc uniform, as diffusers).
+        guidance_scale: classifier-free guidance, active when != 1 (cond and null batched in one forward);
+        guidance_interval=(lo, hi): guide only where the noise level (t/1000 for DDPM) is in [lo, hi];
+        timesteps: an explicit descending grid ending at the clean point (DDPM: -1); a checkpoint that records
+        one (sample.grid, a steps-distilled student) uses it by default. Guidance-distilled models
+        (guidance_embed) get w = guidance_scale instead of a second forward.
+        guide_model: autoguidance with a weaker model of the same kind (default: the pipeline's guide_model).
+        guidance_channels: None guides every channel; 3 reproduces the official sampler.
+        generator: one torch.Generator, or one per image (image k then depends on its own generator only).
+        latents: the initial noise (N, C, H, W). callback(step_index, num_steps, x) after every step.
+        eta: DDIM's noise (0 = deterministic, 1 = DDPM-like); for "euler-sde" a value > 0 replaces its 1.
+        variance_type: None uses the model's; "fixed_small" is diffusers' DDPM scheduler (no learned sigma).
+        The output's `.info` records sampler, steps, guidance, interval, grid, nfe and precision. A sample
+        with NaN/inf raises a ValueError (naming a non-finite weight when there is one).
         """
+        from .sampling.run import SamplingRequest, run_sampling
+
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
-        sample_fn = get_sampler(sampler)
+        if scheduler is None:
+            from .sampling import get_sampler
+
+            get_sampler(sampler)  # unknown names fail before any work
+        y, null, ids, n = self._condition(class_labels, condition, prompt, image, num_images, latents)
+        x = self._initial_noise(n, generator, latents)
+        recorded = self.sample_grid
         if (
-            not isinstance(num_inference_steps, int)
-            or not 1 <= num_inference_steps <= self.process.num_timesteps
+            timesteps is None
+            and recorded
+            and scheduler is None
+            and grid_spacing is None
+            and sampler == self.sample_defaults.get("sampler", sampler)
+            and num_inference_steps in (None, len(recorded) - 1)
         ):
-            raise ValueError(
-                f"num_inference_steps must be an integer in 1..{self.process.num_timesteps}, got {num_inference_steps!r}"
-            )
-        cfg = self.transformer.config
-        device = self.device
-
-        y = null = None
-        ids: Any = None
-        if cfg.cond_dim:
-            if class_labels is not None:
-                raise ValueError(
-                    "this model is conditioned on embeddings: pass condition=, prompt= or image="
-                )
-            y = self._embedding_condition(condition, prompt, image).to(device)
-            null = torch.zeros_like(y)
-            n = y.shape[0]
-        elif cfg.label_sizes:
-            if class_labels is None:
-                raise ValueError("this model is class-conditional: pass class_labels (ids or names)")
-            if cfg.multi_label:
-                ids = self._multi_ids(class_labels)
-                y = torch.tensor(ids, dtype=torch.long, device=device).view(-1, len(cfg.label_sizes))
-                null = torch.tensor(cfg.label_sizes, dtype=torch.long, device=device).expand_as(y)
-            else:
-                ids = self._class_ids(class_labels)
-                y = torch.tensor(ids, dtype=torch.long, device=device)
-                null = cfg.null_label
-            n = len(ids)
-        else:
-            if class_labels is not None:
-                raise ValueError("this model is unconditional: pass num_images=N instead of class_labels")
-            n = num_images if num_images is not None else (latents.shape[0] if latents is not None else 1)
-        if n == 0:
-            raise ValueError("nothing to sample: class_labels is empty")
-
-        shape = (n, cfg.in_channels, cfg.input_size, cfg.input_size)
-        if latents is None:
-            if isinstance(generator, (list, tuple)) and len(generator) != n:
-                raise ValueError(f"got {len(generator)} generators for {n} images; pass one per image")
-            x = randn(shape, generator, device=device)
-        else:
-            if tuple(latents.shape) != shape:
-                raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
-            x = latents.to(device=device, dtype=torch.float32)
-
-        model = self.transformer
-        if y is None:
-
-            def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return model(x_t, t)
-
-        else:
-            if guidance_scale != 1 and not cfg.has_null_label:
-                raise ValueError(
-                    "guidance_scale != 1 needs a null label, but this model was trained without label dropout "
-                    "(class_dropout_prob=0); use guidance_scale=1"
-                )
-            model_fn = classifier_free_guidance(model, y, null, guidance_scale, guidance_channels)
-
-        base = self.process
-        if variance_type is not None and variance_type != base.variance_type:
-            base = GaussianDiffusion(base.betas, learn_sigma=cfg.learn_sigma, variance_type=variance_type)
-        process = make_sampling_process(base, sampler, num_inference_steps)
-        kwargs: dict[str, Any] = {"generator": generator, "progress": progress}
-        if sampler == "ddim":
-            kwargs["eta"] = eta
-        elif eta:
-            raise ValueError("eta applies to the ddim sampler only")
-        out = sample_fn(model_fn, process, x, **kwargs)
-
-        if output_type == "latent":
-            images: Any = out
-        else:
-            decoded = self.vae.decode(out) if self.vae is not None else out
-            pt = (decoded.float() / 2 + 0.5).clamp(0, 1)  # (N, C, H, W) in [0, 1]
-            images = pt if output_type == "pt" else _to_numpy(pt)
-            if output_type == "pil":
-                images = numpy_to_pil(images)
+            timesteps = recorded
+        request = SamplingRequest(
+            make_denoiser=lambda net, cond, counter: self.make_denoiser(net, cond, counter, variance_type),
+            network=self.transformer,
+            cond=y,
+            null=null,
+            has_null=self.transformer.config.has_null_label,
+            sampler=sampler,
+            steps=num_inference_steps,
+            spacing=grid_spacing,
+            grid=timesteps,
+            guidance_scale=guidance_scale,
+            guidance_channels=guidance_channels,
+            guidance_interval=guidance_interval,
+            guide_model=guide_model if guide_model is not None else self.guide_model,
+            scheduler=scheduler,
+            eta=eta,
+            callback=callback,
+            progress=progress,
+        )
+        out, info = run_sampling(request, x, generator)
+        info["precision"] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+            self.dtype, str(self.dtype)
+        )
+        images = self._decode(out, output_type)
         if not return_dict:
             return (images,)
-        return ImagePipelineOutput(images=images, labels=ids)
+        return ImagePipelineOutput(images=images, labels=ids, info=info)
+
+    def _decode(self, out: torch.Tensor, output_type: str) -> Any:
+        if output_type == "latent":
+            return out
+        decoded = self.vae.decode(out) if self.vae is not None else out
+        pt = (decoded.float() / 2 + 0.5).clamp(0, 1)  # (N, C, H, W) in [0, 1]
+        if output_type == "pt":
+            return pt
+        images = _to_numpy(pt)
+        return numpy_to_pil(images) if output_type == "pil" else images
 
 
 def _images_to_tensor(image: Any) -> torch.Tensor:

@@ -17,8 +17,17 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     for size, (depth, width, heads) in _SIZES.items()
     for patch in (2, 4, 8)
 }
-# The embedded default: a small pixel-space DiT for the native 8x8 single-channel digits (see recipes).
-MODEL_PRESETS["DiT-Digits"] = {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 2}
+# The embedded default: a small pixel-space DiT for the native 8x8 single-channel digits (see recipes), with
+# the digits' own input shape and classes, so `ditkit info DiT-Digits` reports what the default run trains.
+MODEL_PRESETS["DiT-Digits"] = {
+    "depth": 4,
+    "hidden_size": 128,
+    "num_heads": 4,
+    "patch_size": 2,
+    "input_size": 8,
+    "in_channels": 1,
+    "num_classes": 10,
+}
 
 # huggan/wikiart label sets (class-label order of the dataset).
 WIKIART_GENRES = (
@@ -91,17 +100,31 @@ PRESET_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def suggest(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.3)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    """' (did you mean A, B?)' for the closest choices, compared without regard to case."""
+    by_lower: dict[str, str] = {}
+    for c in choices:
+        by_lower.setdefault(str(c).lower(), str(c))
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=0.3)
+    return f" (did you mean {', '.join(by_lower[c] for c in close)}?)" if close else ""
+
+
+def preset_name(name: str) -> str:
+    """The canonical spelling of a preset name, matched without regard to case ("dit-xl/2" -> "DiT-XL/2");
+    a one-line error with the closest names otherwise."""
+    if name in MODEL_PRESETS:
+        return name
+    lower = {k.lower(): k for k in MODEL_PRESETS}
+    if isinstance(name, str) and name.strip().lower() in lower:
+        return lower[name.strip().lower()]
+    raise ValueError(
+        f"unknown model {name!r}{suggest(str(name), list(MODEL_PRESETS))}; valid models: "
+        + ", ".join(MODEL_PRESETS)
+    )
 
 
 def model_config(name: str, **overrides: Any) -> ModelConfig:
-    """The ModelConfig of a preset, with keyword overrides (input_size, num_classes, ...)."""
-    if name not in MODEL_PRESETS:
-        raise ValueError(
-            f"unknown model {name!r}{suggest(name, list(MODEL_PRESETS))}; valid models: "
-            + ", ".join(MODEL_PRESETS)
-        )
+    """The ModelConfig of a preset (name in any case), with keyword overrides (input_size, num_classes, ...)."""
+    name = preset_name(name)
     fields = set(ModelConfig.__dataclass_fields__)
     unknown = sorted(set(overrides) - fields)
     if unknown:

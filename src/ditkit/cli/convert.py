@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vae", default=None, help="VAE folder to include with --pipeline (default: the input's)")
     p.add_argument("--no-ema", action="store_true", help="take the trained weights, not the EMA weights")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument(
+        "--family", choices=["dit", "sit"], default=None, help="model family of IN (sit: a SiT .pt file)"
+    )
     p.set_defaults(run=run)
 
 
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         vae=args.vae,
         use_ema=not args.no_ema,
         overwrite=args.force,
+        family=args.family,
     )
     src = result.source
     c = src.model.config

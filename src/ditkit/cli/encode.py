@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="storage precision (default fp32)"
     )
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="let a manifest name images outside its folder (refused by default)",
+    )
     p.add_argument("--num-workers", type=int, default=0, metavar="N", help="image-decoding worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--no-progress", action="store_true")
@@ -62,10 +67,15 @@ def run(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    from ditkit.train.loop import pick_device
+    from ditkit.runtime import pick_device
 
     device = pick_device(args.device, local_rank)
-    dataset = open_dataset(args.data, args.image_size, args.label_columns)
+    from ditkit.io.native import prepare_output_dir
+
+    prepare_output_dir(args.out, "--out")
+    dataset = open_dataset(
+        args.data, args.image_size, args.label_columns, allow_outside_paths=args.allow_outside_paths
+    )
     if isinstance(dataset, LatentCache):
         raise ValueError(f"{args.data} is already a latent cache; pass the images it was made from")
     if not hasattr(dataset, "read_array"):

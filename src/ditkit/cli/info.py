@@ -9,9 +9,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters and Gflops of a model preset")
     p.add_argument("name", help="preset name, e.g. DiT-XL/2 (see `ditkit info --list`)", nargs="?")
     p.add_argument("--list", action="store_true", help="list every preset")
-    p.add_argument("--input-size", type=int, default=None, help="latent/pixel side (default 32)")
-    p.add_argument("--in-channels", type=int, default=None, help="input channels (default 4)")
-    p.add_argument("--num-classes", type=int, default=None, help="label classes (default 1000)")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="latent/pixel side (default: the preset's, 32 for DiT-*/N)",
+    )
+    p.add_argument(
+        "--in-channels", type=int, default=None, help="input channels (default: the preset's, 4 for DiT-*/N)"
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="label classes (default: the preset's, 1000 for DiT-*/N)",
+    )
     p.add_argument(
         "--block",
         default=None,
@@ -47,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     }
     model = create_model(args.name, device="meta", **overrides)  # no memory, no init
     c = model.config
-    print(f"model            {args.name}")
+    print(f"model            {c.name or args.name}")
     print(f"depth / width    {c.depth} / {c.hidden_size} ({c.num_heads} heads, patch {c.patch_size})")
     print(
         f"block            {c.block}, {c.norm}-norm, {c.pos_embed} position embedding, final layer {c.final_layer}"
@@ -60,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         sizes = " x ".join(str(n) for n in c.label_sizes) or "none (unconditional)"
-        print(f"classes          {sizes}" + (" (+ null per attribute)" if c.has_null_label else ""))
+        null = " (+ null per attribute)" if c.multi_label else " (+ null)"
+        print(f"classes          {sizes}" + (null if c.has_null_label else ""))
     if c.pos_embed == "sincos":
         print(
             f"parameters       {model.num_parameters():,} trainable + {model.pos_embed.numel():,} fixed pos-embed"

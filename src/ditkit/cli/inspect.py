@@ -10,13 +10,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", metavar="PATH", help="model file or folder")
     p.add_argument("--no-ema", action="store_true", help="inspect the trained weights, not the EMA weights")
     p.add_argument("--labels", type=int, default=5, metavar="N", help="class names to show (default 5)")
+    p.add_argument(
+        "--family", choices=["dit", "sit"], default=None, help="model family (sit: a SiT .pt file)"
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ditkit.io import load_any
 
-    loaded = load_any(args.path, use_ema=not args.no_ema)
+    loaded = load_any(args.path, use_ema=not args.no_ema, family=args.family)
     model, c = loaded.model, loaded.model.config
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     ema = {True: "yes" + (" (loaded)" if not args.no_ema else ""), False: "no", None: "n/a (weights only)"}
@@ -30,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"output        {c.out_channels} channels"
         + (" (eps + learned variance)" if c.learn_sigma else " (eps)")
+        if c.time_input == "ddpm"
+        else f"output        {c.out_channels} channels (velocity{', unused sigma' if c.learn_sigma else ''}; time {c.time_input})"
     )
     print(f"classes       {c.num_classes}" + (" + null" if c.has_null_label else ""))
     print(f"arithmetic    {c.arithmetic}")

@@ -1,9 +1,15 @@
 """`ditkit sample --ckpt PATH --labels 3 7 ...`: images from a trained model.
 
 Writes DIR/grid.png (one column per label), one PNG per image and DIR/samples.npz (`arr_0`: uint8 N×H×W×3,
-`arr_1`: int64 labels), the layout of the ADM evaluation suite. `--ckpt` may be a checkpoint file, a run
-folder (its newest checkpoint), a runs folder (the newest run), or any model `DiTPipeline.from_pretrained`
-reads. Sampler, steps and guidance default to what the run's config says.
+`arr_1`: int64 labels, the layout of the ADM evaluation suite; `meta`: a JSON string with sampler, steps,
+guidance, interval and grid). `--ckpt` may be a checkpoint file, a run folder (its newest checkpoint), a runs
+folder (the newest run), or any model `DiTPipeline.from_pretrained` reads. Sampler and guidance default to
+the run's config, steps to the run's when its sampler is used, else the sampler's own default (ddpm 250,
+ddim 50, euler 50, heun 25, dpm++2m 20, unipc 20, euler-sde 100).
+
+--out DIR must be new, empty or a folder an earlier `ditkit sample` wrote (its files are listed in
+.ditkit-samples.json): the previous outputs there are replaced, nothing else is touched.
+Unconditional models draw --num-per-label images in all (default 16).
 
 Multi-attribute models: `--label genre=landscape --label style=impressionism` (names case-insensitive; an
 attribute left out is left free; several values of one attribute give one column each). Embedding models:
@@ -18,7 +24,33 @@ from pathlib import Path
 from typing import Any
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """One-line errors for flag values that are never replaced by defaults."""
+    import math
+
+    for flag, value in (
+        ("--steps", args.steps),
+        ("--num-per-label", args.num_per_label),
+        ("--batch-size", args.batch_size),
+        ("--num", getattr(args, "num", None)),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.guidance_scale is not None and not math.isfinite(args.guidance_scale):
+        raise ValueError(
+            f"--guidance-scale must be a finite number (1 = no guidance), got {args.guidance_scale}"
+        )
+    if args.guidance_interval is not None:
+        lo, hi = args.guidance_interval
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi <= 1):
+            raise ValueError(
+                f"--guidance-interval {lo:g} {hi:g} must satisfy 0 <= LO <= HI <= 1 (fractions of the noise range)"
+            )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from ditkit.sampling import DDPM_SPACINGS, sampler_names
+
     p = sub.add_parser(
         "sample",
         help="sample images from a checkpoint (grid.png, PNGs, samples.npz)",
@@ -52,60 +84,151 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a pipeline folder's vae/, else pixel space",
     )
     p.add_argument(
-        "--num-per-label", type=int, default=None, metavar="N", help="images per label (default 4)"
+        "--family", choices=["dit", "sit"], default=None, help="model family of --ckpt (sit: SiT .pt)"
+    )
+    p.add_argument(
+        "--num-per-label",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images per label (default: the run's, 4); unconditional models: images in all (default 16)",
     )
     p.add_argument("--guidance-scale", type=float, default=None, metavar="S", help="1 = no guidance")
+    p.add_argument(
+        "--guidance-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="guide only where the noise level (t/1000) lies in [LO, HI], e.g. 0 0.7 (cheaper; LO = HI: none)",
+    )
+    p.add_argument(
+        "--guide-ckpt",
+        metavar="PATH",
+        help="autoguidance: guide with this weaker model of the same kind (e.g. an earlier checkpoint)",
+    )
     p.add_argument("--steps", type=int, default=None, metavar="K", help="sampling steps")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    p.add_argument("--sampler", choices=list(sampler_names()), default=None)
+    p.add_argument(
+        "--grid",
+        choices=list(DDPM_SPACINGS),
+        default=None,
+        metavar="SPACING",
+        help=f"timestep grid of DDPM models: {', '.join(DDPM_SPACINGS)} (default: the sampler's own)",
+    )
     p.add_argument("--seed", type=int, default=None, metavar="N")
     p.add_argument("--out", default="samples", metavar="DIR", help="output folder (default ./samples)")
     p.add_argument("--no-ema", action="store_true", help="use the raw training weights instead of the EMA")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="network weights while sampling (auto: bf16 where the device runs it fast, else fp32); "
+        "schedules, guidance and solver arithmetic stay fp32",
+    )
+    p.add_argument(
+        "--num",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sample N images at scale into one .npz (ADM layout; resumable shards; one seed per image index; "
+        "works under torchrun)",
+    )
+    p.add_argument(
+        "--npz",
+        default=None,
+        metavar="OUT.npz",
+        help="with --num: the .npz to write (default: an official-style name in --out)",
+    )
+    p.add_argument(
+        "--class-mode",
+        choices=["random", "balanced"],
+        default="random",
+        help="with --num: labels drawn at random, or the same number of images per class",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
 
 
-def _load(path_arg: str, use_ema: bool, encoder_spec: str | None = None, vae: str | None = None):
-    """(pipeline, sample defaults, description, training image size or None) for --ckpt."""
-    from ditkit.config import SampleSection
+def build_pipeline(args: argparse.Namespace):
+    """The DiTPipeline for --ckpt (run folders resolve to their newest checkpoint), on --device."""
     from ditkit.encoders import load_encoder
-    from ditkit.io.native import is_ditkit_checkpoint, model_from_checkpoint, safe_torch_load
     from ditkit.pipeline import DiTPipeline
+    from ditkit.runtime import pick_device
     from ditkit.train.checkpoint import find_checkpoint, list_checkpoints, list_runs
 
-    path = Path(path_arg)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint, run folder or model folder")
-    if path.is_dir() and (list_checkpoints(path) or list_runs(path)):
-        path = find_checkpoint(path)
-    if path.is_file() and path.suffix == ".pt":
-        ckpt = safe_torch_load(path)
-        if is_ditkit_checkpoint(ckpt):
-            from ditkit.config import RunConfig
-            from ditkit.diffusion import GaussianDiffusion
+    def resolve(arg: str, flag: str) -> Path:
+        path = Path(arg)
+        if not path.exists():
+            raise FileNotFoundError(f"{flag} {path}: no such checkpoint, run folder or model folder")
+        if path.is_dir() and (list_checkpoints(path) or list_runs(path)):
+            path = find_checkpoint(path)
+        return path
 
-            config = RunConfig.from_dict(ckpt["config"], origin=str(path))
-            model = model_from_checkpoint(ckpt, use_ema=use_ema, path=str(path))
-            names = ckpt.get("label_names")
-            attributes = names if isinstance(names, dict) and model.config.multi_label else None
-            id2label = dict(enumerate(names)) if isinstance(names, list) and names else None
-            spec = encoder_spec or (config.model.encoder if model.config.cond_dim else None)
-            pipe = DiTPipeline(
-                model,
-                vae=vae or config.data.vae,
-                id2label=id2label,
-                attributes=attributes,
-                encoder=load_encoder(spec),
-            )
-            pipe.process = GaussianDiffusion.from_schedule(
-                config.process.schedule, config.process.num_timesteps, learn_sigma=model.config.learn_sigma
-            )
-            described = f"{path} (step {ckpt['step']}, {'EMA' if use_ema else 'raw'} weights)"
-            return pipe, config.sample, described, config.data.image_size
-    pipe = DiTPipeline.from_pretrained(path, use_ema=use_ema, encoder=load_encoder(encoder_spec), vae=vae)
-    # Foreign models: the pipeline's own defaults (DDIM 50 steps, guidance 4, as diffusers).
-    return pipe, SampleSection(sampler="ddim", steps=50, guidance_scale=4.0), str(path), None
+    path = resolve(args.ckpt, "--ckpt")
+    guide = str(resolve(args.guide_ckpt, "--guide-ckpt")) if getattr(args, "guide_ckpt", None) else None
+    pipe = DiTPipeline.from_pretrained(
+        path,
+        use_ema=not args.no_ema,
+        encoder=load_encoder(args.encoder) if args.encoder else None,
+        vae=args.vae,
+        family=getattr(args, "family", None),
+        guide_model=guide,
+    )
+    from ditkit.runtime import dist_env, inference_dtype
+
+    device = pick_device(args.device, dist_env().local_rank)
+    pipe.to(device, inference_dtype(device, getattr(args, "precision", "auto")))
+    return pipe
+
+
+def settings(pipe, args: argparse.Namespace) -> dict[str, Any]:
+    """Sampler, steps, guidance, interval, images per label and seed from the flags and the run's defaults."""
+    from ditkit.sampling import get_sampler
+
+    run = pipe.sample_defaults
+    foreign = not run
+    sampler = args.sampler or run.get("sampler") or "ddim"
+    if args.steps is not None:
+        steps = args.steps
+    elif sampler == run.get("sampler") and run.get("steps"):
+        steps = int(run["steps"])
+    else:
+        steps = get_sampler(sampler).default_steps
+    cfg = pipe.transformer.config
+    conditional = bool(cfg.label_sizes) or bool(cfg.cond_dim)
+    guided_by = "autoguidance" if pipe.guide_model is not None else ("cfg" if conditional else None)
+    guidance = args.guidance_scale
+    if guidance is None:
+        guidance = 4.0 if foreign else float(run.get("guidance_scale", 4.0))
+        if guided_by == "cfg" and not cfg.has_null_label:
+            guidance = 1.0  # trained without label dropout: nothing to guide with
+        if guided_by is None:
+            guidance = 1.0
+    elif guided_by is None and guidance != 1.0:
+        raise ValueError(
+            "this model is unconditional: --guidance-scale needs --guide-ckpt PATH (autoguidance); drop it"
+        )
+    elif guided_by == "cfg" and guidance != 1.0 and not cfg.has_null_label:
+        raise ValueError(
+            "this model was trained without label dropout (no null label), so it cannot be guided; "
+            "use --guidance-scale 1"
+        )
+    per_label = args.num_per_label or (16 if not conditional else int(run.get("num_per_label", 4)))
+    seed = int(run.get("seed", 0)) if args.seed is None else args.seed
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    return {
+        "sampler": sampler,
+        "steps": steps,
+        "guidance_scale": guidance if guided_by else 1.0,
+        "guidance": guided_by if guidance != 1.0 else None,
+        "guidance_interval": interval,
+        "num_per_label": per_label,
+        "grid": args.grid,
+        "seed": seed,
+    }
 
 
 # -- names -> ids -------------------------------------------------------------------------------------
@@ -249,7 +372,7 @@ def _columns(pipe, args, image_size: int | None) -> tuple[list[dict[str, Any]], 
     if not cfg.label_sizes:
         if labels:
             raise ValueError("this model is unconditional; drop --labels")
-        return [{} for _ in range(8)], [""] * 8, [-1] * 8
+        return [{}], [""], [-1]
     if cfg.multi_label:
         if labels:
             rows = _multi_rows(pipe, labels)
@@ -266,81 +389,149 @@ def _columns(pipe, args, image_size: int | None) -> tuple[list[dict[str, Any]], 
     return [{"class_labels": [i]} for i in ids], [str(i) for i in ids], ids
 
 
-def run(args: argparse.Namespace) -> int:
+def _sample_all(pipe, columns: list[dict[str, Any]], order: list[int], s: dict[str, Any], args) -> tuple:
+    """(images N×H×W×C in [0, 1], the pipeline's info of the last batch) with one generator per image."""
     import numpy as np
     import torch
 
-    from ditkit.train.loop import pick_device
-    from ditkit.train.monitor import make_grid
-
-    pipe, defaults, description, image_size = _load(
-        args.ckpt, use_ema=not args.no_ema, encoder_spec=args.encoder, vae=args.vae
-    )
-    columns, tags, npz_labels = _columns(pipe, args, image_size)
-    per_label = args.num_per_label or defaults.num_per_label
-    steps = args.steps or defaults.steps
-    sampler = args.sampler or defaults.sampler
-    seed = defaults.seed if args.seed is None else args.seed
-    guidance = defaults.guidance_scale if args.guidance_scale is None else args.guidance_scale
     cfg = pipe.transformer.config
-    if not cfg.has_null_label and args.guidance_scale is None:
-        guidance = 1.0  # trained without label dropout: nothing to guide with
-    if per_label < 1 or steps < 1 or args.batch_size < 1:
-        raise ValueError("--num-per-label, --steps and --batch-size must be positive")
-    device = pick_device(args.device)
-    pipe.to(device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-
-    # One column per label, one row per repeat; one generator per image, so an image does not depend on
-    # the batch size or its position.
-    conditional = bool(cfg.label_sizes) or bool(cfg.cond_dim)
-    order = [c for _ in range(per_label) for c in range(len(columns))]
-    ncol = len(columns)
-    print(f"sampling {len(order)} images from {description}: {sampler} {steps} steps, guidance {guidance:g}")
-    images = []
+    images, info = [], {}
     for start in range(0, len(order), args.batch_size):
         chunk = order[start : start + args.batch_size]
-        gens = [torch.Generator().manual_seed(seed * 1_000_003 + start + i) for i in range(len(chunk))]
+        gens = [torch.Generator().manual_seed(s["seed"] * 1_000_003 + start + i) for i in range(len(chunk))]
         if cfg.cond_dim:
             kwargs: dict[str, Any] = {"condition": torch.cat([columns[c]["condition"] for c in chunk])}
-        elif conditional:
+        elif cfg.label_sizes:
             kwargs = {"class_labels": [columns[c]["class_labels"][0] for c in chunk]}
         else:
             kwargs = {"num_images": len(chunk)}
         out = pipe(
             **kwargs,
-            num_inference_steps=steps,
-            guidance_scale=guidance if conditional else 1.0,
+            num_inference_steps=s["steps"],
+            guidance_scale=s["guidance_scale"],
+            guidance_interval=s["guidance_interval"],
             generator=gens,
             output_type="np",
-            sampler=sampler,
+            sampler=s["sampler"],
+            grid_spacing=s["grid"],
             progress=not args.no_progress,
         )
         images.append(out.images)
-    arr = np.concatenate(images)  # (N, H, W, C) in [0, 1]
+        info = out.info
+    return np.concatenate(images), info
+
+
+def describe(pipe, s: dict[str, Any]) -> str:
+    """The header's sampler and guidance part, e.g. "dpm++2m, 20 steps ('uniform' grid), guidance 1.5"."""
+    from ditkit.sampling import get_sampler
+
+    spec = get_sampler(s["sampler"])
+    spacing = s.get("grid") or (spec.spacing if not pipe.is_flow else "linspace")
+    guide = " + the guide's" if s["guidance"] == "autoguidance" else ""
+    text = (
+        f"{s['sampler']}, {s['steps']} steps ({spacing!r} grid, {spec.nfe(s['steps'])} NFE per image{guide})"
+    )
+    cfg = pipe.transformer.config
+    if s["guidance"] is None:
+        unconditional = not (cfg.label_sizes or cfg.cond_dim)
+        return text + (", no guidance (unconditional model)" if unconditional else ", no guidance")
+    kind = "autoguidance" if s["guidance"] == "autoguidance" else "classifier-free"
+    interval = s["guidance_interval"]
+    where = f", interval {interval[0]:g}-{interval[1]:g}" if interval else ""
+    return text + f", guidance {s['guidance_scale']:g} ({kind}{where})"
+
+
+def _run_npz(pipe, s: dict[str, Any], args: argparse.Namespace) -> int:
+    """`--num N`: sample at scale into one .npz (see ditkit.sample_at_scale)."""
+    from ditkit.runtime import dist_env
+    from ditkit.sample_at_scale import sample_to_npz
+
+    if args.labels or args.label or args.prompt or args.image:
+        raise ValueError("--num samples labels by --class-mode; drop --labels/--label/--prompt/--image")
+    path = sample_to_npz(
+        pipe,
+        args.num,
+        args.npz,
+        class_mode=args.class_mode,
+        batch_size=args.batch_size,
+        seed=s["seed"],
+        checkpoint=str(pipe.source.get("path", args.ckpt)),
+        progress=not args.no_progress,
+        out_dir=args.out,
+        sampler=s["sampler"],
+        num_inference_steps=s["steps"],
+        guidance_scale=s["guidance_scale"],
+        guidance_interval=s["guidance_interval"] if s["guidance"] else None,
+    )
+    if dist_env().rank == 0:
+        print(f"sampled {args.num} images ({describe(pipe, s)}) -> {path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ditkit.sampling.outputs import previous_outputs, write_sample_folder
+    from ditkit.train.monitor import make_grid
+
+    _check_flags(args)
+    stale = previous_outputs(args.out)  # refuse a foreign folder before any work
+    pipe = build_pipeline(args)
+    s = settings(pipe, args)
+    limit = pipe.process.num_timesteps if not pipe.is_flow else None
+    if limit is not None and s["steps"] > limit:
+        raise ValueError(
+            f"--steps {s['steps']} exceeds this model's {limit} training timesteps; use 1..{limit}"
+        )
+    if args.num is not None:
+        return _run_npz(pipe, s, args)
+    columns, tags, npz_labels = _columns(pipe, args, pipe.source.get("image_size"))
+    cfg = pipe.transformer.config
+    conditional = bool(cfg.label_sizes) or bool(cfg.cond_dim)
+    order = [c for _ in range(s["num_per_label"]) for c in range(len(columns))]
+    ncol = len(columns) if conditional else min(8, len(order))
+    src = pipe.source
+    where = ", ".join(
+        x
+        for x in (
+            f"step {src['step']}" if src.get("step") is not None else "",
+            "EMA" if src.get("ema") else "raw",
+        )
+        if x
+    )
+    print(
+        f"sampling {len(order)} images from {src.get('path', args.ckpt)} ({where} weights): {describe(pipe, s)}"
+    )
+    arr, info = _sample_all(pipe, columns, order, s, args)
     u8 = (arr * 255).round().clip(0, 255).astype(np.uint8)
     if u8.shape[-1] == 1:
         u8 = np.repeat(u8, 3, axis=-1)
     elif u8.shape[-1] != 3:
         u8 = u8[..., :3]
-
-    from PIL import Image
-
+    names = [f"{i:06d}_{tags[c]}.png" if tags[c] else f"{i:06d}.png" for i, c in enumerate(order)]
+    meta = {
+        "sampler": info.get("sampler", s["sampler"]),
+        "steps": s["steps"],
+        "guidance_scale": s["guidance_scale"],
+        "guidance": s["guidance"],
+        "guidance_interval": list(s["guidance_interval"])
+        if s["guidance"] and s["guidance_interval"]
+        else None,
+        "grid": info.get("grid"),
+        "spacing": info.get("spacing"),
+        "nfe": info.get("nfe"),
+        "seed": s["seed"],
+        "checkpoint": src.get("path"),
+        "step": src.get("step"),
+        "ema": src.get("ema"),
+    }
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i, (img, c) in enumerate(zip(u8, order)):
-        name = f"{i:06d}_{tags[c]}.png" if tags[c] else f"{i:06d}.png"
-        Image.fromarray(img).save(out_dir / name)
-        names.append(name)
-    np.savez(
-        out_dir / "samples.npz", arr_0=u8, arr_1=np.asarray([npz_labels[c] for c in order], dtype=np.int64)
-    )
-    make_grid(arr, ncol).save(out_dir / "grid.png")
+    write_sample_folder(out_dir, u8, [npz_labels[c] for c in order], meta, make_grid(arr, ncol), names, stale)
     print(f"grid        {out_dir / 'grid.png'}")
     print(f"images      {out_dir}/{names[0]} ... ({len(names)} PNGs)")
-    print(f"arrays      {out_dir / 'samples.npz'} (arr_0 uint8 {tuple(u8.shape)}, arr_1 int64 labels)")
+    print(
+        f"arrays      {out_dir / 'samples.npz'} (arr_0 uint8 {tuple(u8.shape)}, arr_1 int64 labels, meta JSON)"
+    )
     if cfg.multi_label and pipe.attributes:
         attrs = list(pipe.attributes)
         for tag, col in zip(tags, columns):

@@ -30,6 +30,8 @@ FLAGS = {
     "seed": "train.seed",
     "device": "train.device",
     "precision": "train.precision",
+    "process": "process.kind",
+    "eval_every": "train.eval_every",
     "vae": "data.vae",
     "init_from": "model.init_from",
     "encoder": "model.encoder",
@@ -45,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "config",
         nargs="?",
-        help="a recipe (digits [default], wikiart, finetune, imagenet) or a YAML/JSON config file",
+        help="a recipe (digits [the default without --data], data [the default with --data: image size, network, "
+        "lr and batch follow your data], wikiart, finetune, imagenet) or a YAML/JSON config file",
     )
     p.add_argument(
         "--set",
@@ -80,6 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--vae", metavar="PATH", help="a local AutoencoderKL folder: train in its latent space")
     g.add_argument("--hflip", action="store_true", help="random horizontal flips (data.hflip=true)")
     g.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="let a manifest name images outside the data folder (data.allow_outside_paths=true)",
+    )
+    g.add_argument(
         "--init-from",
         metavar="PATH",
         help="fine-tune: start from these weights (official .pt, diffusers folder, ditkit checkpoint)",
@@ -89,7 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SPEC",
         help="condition on image embeddings: toy:DIM or open_clip:ARCH:/path/weights (model.encoder)",
     )
-    g.add_argument("--image-size", type=int, metavar="N")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        metavar="N",
+        help="pixel side of the training images (with --data default: inferred, 256 with --vae, the images' "
+        "own size up to 64 otherwise)",
+    )
     g.add_argument("--max-steps", type=int, metavar="N")
     g.add_argument(
         "--batch-size", type=int, metavar="N", help="global batch (all processes, all micro-batches)"
@@ -102,7 +116,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--output-dir", metavar="DIR", help="where numbered run folders go (default ./runs)")
     g.add_argument("--seed", type=int, metavar="N")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto (default): bf16 autocast where the device runs it fast (CUDA with bf16, CPUs with AMX or "
+        "AVX512-BF16), fp32 elsewhere; the run log states the precision used",
+    )
+    g.add_argument(
+        "--process",
+        metavar="KIND",
+        help="what the network is trained for: ddpm (default, DiT's loss) or flow (flow matching)",
+    )
+    g.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (eager without a compiler)"
+    )
+    g.add_argument(
+        "--grad-checkpointing", action="store_true", help="recompute activations in the backward: less memory"
+    )
+    g.add_argument("--eval-every", type=int, metavar="N", help="judge EMA samples every N steps (0: never)")
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bar (log lines still go to log.txt)"
     )
@@ -121,7 +152,29 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"data.label_columns={json.dumps(list(args.label_columns))}")
     if getattr(args, "hflip", False):
         out.append("data.hflip=true")
+    if getattr(args, "allow_outside_paths", False):
+        out.append("data.allow_outside_paths=true")
+    if getattr(args, "compile", False):
+        out.append("train.compile=true")
+    if getattr(args, "grad_checkpointing", False):
+        out.append("train.grad_checkpointing=true")
     return out
+
+
+def default_source(args: argparse.Namespace, overrides: list[str]) -> str | None:
+    """The recipe when none is named: `digits` without --data, the generic `data` recipe with --data (whose
+    image size, network, lr and batch follow the data). `--set data.path=...` keeps the digits defaults and
+    overrides them, as every --set does."""
+    if args.config:
+        return args.config
+    data = getattr(args, "data", None)
+    return "data" if data not in (None, "", "digits") else None
+
+
+def check_process(kind: str) -> None:
+    from ditkit.train.objectives import check_kind
+
+    check_kind(kind)
 
 
 def resolve(args: argparse.Namespace):
@@ -131,7 +184,9 @@ def resolve(args: argparse.Namespace):
 
     overrides = _overrides(args)
     if not args.resume:
-        return load_config(args.config, overrides), None, None
+        config = load_config(default_source(args, overrides), overrides)
+        check_process(config.process.kind)
+        return config, None, None
     output_dir = args.output_dir or (load_config(args.config).train.output_dir if args.config else "runs")
     path = resolve_resume(args.resume, output_dir)
     ckpt = load_checkpoint(path)
@@ -161,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"resume with: ditkit train --resume {result.run_dir}")
         return 130
     minutes, seconds = divmod(int(round(result.wall_time)), 60)
-    print(f"trained {result.step} steps in {minutes}m{seconds:02d}s: {result.run_dir}")
+    print(f"trained {result.step} steps in {minutes}m{seconds:02d}s ({result.precision}): {result.run_dir}")
     print(f"checkpoint  {result.checkpoint}")
     if result.grid is not None:
         print(f"grid        {result.grid}")

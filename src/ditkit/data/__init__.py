@@ -48,4 +48,10 @@ def build_dataset(data: Any) -> Any:
     """The data set a `DataSection` describes."""
     if not data.path:
         raise ValueError("this recipe needs your images: pass --data PATH (or --set data.path=PATH)")
-    return open_dataset(data.path, data.image_size, tuple(getattr(data, "label_columns", ()) or ()))
+    return open_dataset(
+        data.path,
+        data.image_size,
+        tuple(getattr(data, "label_columns", ()) or ()),
+        # manifests naming files outside their folder are refused unless the config opts in
+        allow_outside_paths=bool(getattr(data, "allow_outside_paths", False)),
+    )

@@ -2,7 +2,8 @@
 
 - Any PIL mode becomes 8-bit RGB: alpha (RGBA, LA, PA, palette with transparency) is composited on white,
   16-bit and 32-bit integer images are rescaled (not clipped, as PIL's own `convert` does), float images are
-  taken as [0, 1], CMYK/YCbCr/LAB/HSV go through PIL's conversion. The EXIF orientation is applied, so a
+  taken as [0, 1] (a float image with a NaN/inf pixel is unreadable: skipped with a warning naming the file,
+  never decoded to black), CMYK/YCbCr/LAB/HSV go through PIL's conversion. The EXIF orientation is applied, so a
   phone photo is upright. Multi-frame files (GIF, TIFF) give their first frame.
 - Then the ADM centre crop of the official recipe (dit-facts §1.5): BOX-halve while the short side is at
   least twice the target, BICUBIC-resize the short side to the target, crop the centre. An image smaller than
@@ -60,6 +61,11 @@ def to_rgb(im):
         return Image.fromarray(arr, mode="L").convert("RGB")
     if mode == "F":
         arr = np.asarray(im).astype(np.float64)
+        bad = int(arr.size - np.isfinite(arr).sum())
+        if bad:
+            raise UnreadableImage(
+                f"{bad} non-finite pixel value(s) (NaN/inf) in a floating-point image; fix or remove the file"
+            )
         scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
         arr = np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
@@ -101,6 +107,8 @@ def decode_image(source: str | os.PathLike | bytes, image_size: int) -> tuple[np
             rgb = to_rgb(im)
             upscaled = min(rgb.size) < image_size
             arr = center_crop_arr(rgb, image_size)
+    except UnreadableImage:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnreadableImage(reason[:200]) from None

@@ -188,6 +188,13 @@ def encode_to_cache(
                 both = torch.cat([x, x.flip(-1)])  # originals, then their mirror images
                 mean, std = codec.encode_posterior(both.to(codec.device))
                 b = len(good)
+                finite = torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(std).flatten(1).all(1)
+                if not bool(finite.all()):
+                    j = int((~finite).nonzero()[0]) % b
+                    raise ValueError(
+                        f"{dataset.describe(good[j][0])}: the VAE encodes it to non-finite latents (NaN/inf); "
+                        "check the image and the VAE's weights"
+                    )
                 means.append(torch.stack([mean[:b], mean[b:]], dim=1).to("cpu", store))
                 stds.append(torch.stack([std[:b], std[b:]], dim=1).to("cpu", store))
                 kept.extend(i for i, _ in good)
@@ -199,6 +206,9 @@ def encode_to_cache(
             }
             if labels is not None:
                 tensors["labels"] = labels[torch.tensor(kept, dtype=torch.long)].contiguous()
+            # torch.cat keeps the strides of its inputs, and a 1-channel VAE's stacked posteriors are not
+            # laid out densely; safetensors stores dense tensors only.
+            tensors = {name: t.contiguous() for name, t in tensors.items()}
             meta = {"skipped": json.dumps(skipped), "upscaled": str(upscaled), "format": LATENTS_FORMAT}
             from safetensors.torch import save_file
 
@@ -285,6 +295,22 @@ def finalize_cache(out: Path) -> Path | None:
 
 
 # -- reading ------------------------------------------------------------------------------------------
+def check_finite_latents(
+    mean: torch.Tensor, std: torch.Tensor, shard: Path, *, offset: int = 0, first_row: int = 0
+) -> None:
+    """Raise a one-line ValueError naming the shard and the first row whose mean or std is NaN/inf (or
+    whose std is negative): training on them would only report a diverged loss."""
+    bad = ~(torch.isfinite(mean).flatten(1).all(1) & torch.isfinite(std).flatten(1).all(1))
+    bad |= (std < 0).flatten(1).any(1)
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0])
+        raise ValueError(
+            f"{shard}: non-finite latents (NaN/inf) at row {first_row + k} of the shard (image {offset + k} "
+            f"of the cache), {int(bad.sum())} bad row(s) in all; the cache is damaged: delete this shard and "
+            "run the same `ditkit encode` command again"
+        )
+
+
 class LatentCache(Labelled):
     """A finished cache as a training data set: `load_moments(indices)` gives (N, 2, 2, C, h, w) float32,
     axes [original/mirror, mean/std, ...], and the labels of those rows.
@@ -369,6 +395,7 @@ class LatentCache(Labelled):
                 with safe_open(str(p), framework="pt") as fh:
                     means.append(fh.get_tensor("mean").float())
                     stds.append(fh.get_tensor("std").float())
+                check_finite_latents(means[-1], stds[-1], p, offset=self._offsets[len(means) - 1])
             self._memory = torch.stack([torch.cat(means), torch.cat(stds)], dim=2)  # (N, 2, 2, C, h, w)
 
     def __len__(self) -> int:
@@ -395,6 +422,7 @@ class LatentCache(Labelled):
             fh = handles[s]
             mean = fh.get_slice("mean")[r : r + 1].float()
             std = fh.get_slice("std")[r : r + 1].float()
+            check_finite_latents(mean, std, self._files[s], offset=i, first_row=r)
             rows.append(torch.stack([mean, std], dim=2))
         return torch.cat(rows), self.label_rows(indices)
 

@@ -28,13 +28,12 @@ from .celeba import CelebADataset, is_celeba_folder
 from .folder import FolderDataset
 from .images import IMAGE_SUFFIXES
 from .latents import LatentCache, is_latent_cache
+from .manifests import ManifestDataset
 from .tables import (
-    ManifestDataset,
     TableDataset,
     hf_dataset,
     is_hf_dataset_folder,
     pick_image_column,
-    read_manifest,
 )
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
@@ -46,19 +45,35 @@ LAYOUTS = (
 )
 
 
+def _header_columns(p: Path) -> list[str]:
+    """The column names a manifest declares, from its first line (CSV header, first JSON object) only, so
+    that a malformed row further down is reported by the reader instead of hiding the manifest."""
+    import csv
+    import json
+
+    with open(p, encoding="utf-8-sig", newline="") as fh:
+        if p.suffix.lower() in (".csv", ".tsv"):
+            first = fh.readline()
+            delimiter = "\t" if p.suffix.lower() == ".tsv" or first.count("\t") > first.count(",") else ","
+            return next(csv.reader([first], delimiter=delimiter), [])
+        text = fh.read(1 << 16).lstrip()
+    if text.startswith("["):  # a JSON list of objects: its first object
+        text = text[1:].lstrip()
+    decoded, _ = json.JSONDecoder().raw_decode(text)
+    return list(decoded) if isinstance(decoded, dict) else []
+
+
 def _manifests_in(folder: Path) -> list[Path]:
-    """Manifest files at the top of a folder that have an image column."""
+    """Manifest files at the top of a folder whose header names an image column."""
     out = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES and not p.name.startswith("."):
             if p.name in ("dataset_info.json", "state.json", "dataset_dict.json", "index.json", "plan.json"):
                 continue
             try:
-                rows = read_manifest(p)
-                columns = list(dict.fromkeys(k for row in rows[:50] for k in row))
-                pick_image_column(columns, str(p))
-            except (ValueError, OSError, UnicodeDecodeError):
-                continue
+                pick_image_column([c.strip() for c in _header_columns(p)], str(p))
+            except (ValueError, OSError, UnicodeDecodeError, StopIteration):
+                continue  # not a manifest (no image column, or not text): the folder's images decide
             out.append(p)
     return out
 
@@ -105,12 +120,18 @@ def detect(path: str | Path) -> str:
 
 
 def open_dataset(
-    path: str | Path, image_size: int, label_columns: Sequence[str] = (), *, split: str | None = None
+    path: str | Path,
+    image_size: int,
+    label_columns: Sequence[str] = (),
+    *,
+    split: str | None = None,
+    allow_outside_paths: bool = False,
 ) -> Any:
     """The data set at `path`: an ImageDataset (images decoded on demand) or a LatentCache.
 
     label_columns: the attributes to condition on (e.g. ["genre", "style"] or ["Male"]); () takes the
-    source's default (class folders, or a column named label/class), ["none"] trains unconditionally."""
+    source's default (class folders, or a column named label/class), ["none"] trains unconditionally.
+    allow_outside_paths: let a manifest name images outside its folder (refused by default)."""
     label_columns = [c for c in (label_columns or ()) if c]
     kind = detect(path)
     if kind == "digits":
@@ -126,24 +147,28 @@ def open_dataset(
     if kind == "latents":
         return LatentCache(p, label_columns)
     if kind == "hf-datasets":
-        return hf_dataset(p, image_size, label_columns, split=split)
+        return hf_dataset(p, image_size, label_columns, split=split, allow_outside_paths=allow_outside_paths)
     if kind == "celeba":
         return CelebADataset(p, image_size, label_columns)
     if kind == "manifest":
         if p.is_file():
-            return ManifestDataset(p, image_size, label_columns)
+            return ManifestDataset(p, image_size, label_columns, allow_outside_paths=allow_outside_paths)
         found = _manifests_in(p)
         if len(found) > 1:
             raise ValueError(
                 f"{p}: several manifests ({', '.join(f.name for f in found)}); pass the one to use as --data"
             )
-        return ManifestDataset(found[0], image_size, label_columns)
+        return ManifestDataset(found[0], image_size, label_columns, allow_outside_paths=allow_outside_paths)
     if kind in ("parquet", "arrow"):
-        return TableDataset([p], image_size, label_columns, root=p, fmt=kind)
+        return TableDataset(
+            [p], image_size, label_columns, root=p, fmt=kind, allow_outside_paths=allow_outside_paths
+        )
     if kind == "parquet-folder":
         files = sorted(p.glob("*.parquet")) or sorted(p.glob("data/*.parquet"))
         train = [f for f in files if f.name.startswith("train")]
         if train and len(train) != len(files):
             files = train  # the Hugging Face hub layout: data/train-00000-of-00003.parquet, data/test-...
-        return TableDataset(files, image_size, label_columns, root=p, fmt="parquet")
+        return TableDataset(
+            files, image_size, label_columns, root=p, fmt="parquet", allow_outside_paths=allow_outside_paths
+        )
     return FolderDataset(p, image_size, label_columns)

@@ -1,6 +1,6 @@
-"""Images with label columns: a folder plus a CSV/JSONL manifest, a Parquet or Arrow file, or a Hugging Face
-`datasets` folder written by `save_to_disk` (the huggan/wikiart layout: `image`, `artist`, `genre`, `style`,
-with class-label integers whose names live in the dataset's features).
+"""Images with label columns: a Parquet or Arrow file, or a Hugging Face `datasets` folder written by
+`save_to_disk` (the huggan/wikiart layout: `image`, `artist`, `genre`, `style`, with class-label integers whose
+names live in the dataset's features); the label rules shared with CSV/JSONL manifests (`ditkit.data.manifests`).
 
 Label columns become class ids with names (`encode_column`), never silently:
 - class-label integers with names (Hugging Face `ClassLabel`): ids as stored, names from the features;
@@ -11,13 +11,15 @@ Label columns become class ids with names (`encode_column`), never silently:
   "Male", with the synonyms "female" / "male");
 - anything else (floats, negative integers, empty cells) is a one-line error naming the column and row.
 
+Rows are counted as a user counts them: "row 1" is the first data row (the line after a CSV's header), and
+errors about the file's text name the line as well ("row 2 (line 3)").
+
 Parquet and Arrow need `pyarrow` (`pip install 'ditkit[data]'`); nothing else from Hugging Face is needed to
 read a saved `datasets` folder.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
 import json
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .images import FileImageDataset, ImageDataset
+from .images import ImageDataset
 
 # Column names taken as the image (a file path, or encoded bytes in tables), in order of preference.
 IMAGE_COLUMNS = ("image", "img", "file_name", "filename", "file", "path", "image_path", "image_file", "dir")
@@ -59,13 +61,13 @@ def encode_column(
 ) -> tuple[torch.Tensor, list[str]]:
     """Class ids (N,) int64 and the class names of one label column (rules in the module docstring)."""
     values = list(values)
-    for row, v in enumerate(values):
+    for row, v in enumerate(values, start=1):
         if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v):
             raise ValueError(f"{where}: row {row} has no value in label column {column!r}")
     if names is not None:
         names = [str(n) for n in names]
         ids = []
-        for row, v in enumerate(values):
+        for row, v in enumerate(values, start=1):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"{where}: column {column!r} should hold class ids, row {row} holds {v!r}")
             if v == -1:
@@ -177,95 +179,6 @@ def pick_image_column(columns: Sequence[str], where: str, types: dict[str, str] 
     )
 
 
-# -- a folder of images with a CSV / JSONL manifest ----------------------------------------------------
-def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV (header line) or JSONL (one object per line) file."""
-    if path.suffix.lower() == ".csv" or path.suffix.lower() == ".tsv":
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            sample = fh.read(4096)
-            fh.seek(0)
-            delimiter = (
-                "\t" if path.suffix.lower() == ".tsv" or sample.count("\t") > sample.count(",") else ","
-            )
-            reader = csv.DictReader(fh, delimiter=delimiter)
-            if not reader.fieldnames:
-                raise ValueError(f"{path}: empty manifest (no header line)")
-            rows = []
-            for lineno, row in enumerate(reader, start=2):
-                if None in row:
-                    raise ValueError(f"{path}: line {lineno} has more fields than the header")
-                rows.append(row)
-            return rows
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        data = json.loads(text)
-        rows = [r for r in data if isinstance(r, dict)]
-        if len(rows) != len(data):
-            raise ValueError(f"{path}: a JSON manifest must be a list of objects")
-        return rows
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {lineno} is not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {lineno} is not a JSON object")
-        rows.append(row)
-    return rows
-
-
-class ManifestDataset(FileImageDataset):
-    """A CSV/JSONL manifest: one row per image, an image-path column (relative to the manifest's folder, or
-    to `image_root`) and label columns."""
-
-    kind_description = "manifest"
-
-    def __init__(
-        self,
-        manifest: str | Path,
-        image_size: int,
-        label_columns: Sequence[str] = (),
-        image_root: str | Path | None = None,
-    ) -> None:
-        manifest = Path(manifest)
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest}: no such manifest file")
-        rows = read_manifest(manifest)
-        if not rows:
-            raise ValueError(f"{manifest}: the manifest lists no images")
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        image_col = pick_image_column(columns, str(manifest))
-        chosen = pick_label_columns(label_columns, columns, str(manifest), exclude=[image_col])
-        base = Path(image_root) if image_root is not None else manifest.parent
-        files, missing = [], []
-        for row in rows:
-            value = row.get(image_col)
-            if value is None or not str(value).strip():
-                raise ValueError(f"{manifest}: a row has no value in the image column {image_col!r}")
-            p = Path(str(value).strip())
-            p = p if p.is_absolute() else base / p
-            if not p.is_file():
-                missing.append(str(value))
-            files.append(p)
-        if missing:
-            shown = ", ".join(missing[:3])
-            raise ValueError(
-                f"{manifest}: {len(missing)} of {len(rows)} listed files do not exist (e.g. {shown}); paths are "
-                f"read relative to {base}"
-            )
-        self.labels, self.label_names = encode_columns(
-            {c: [row.get(c) for row in rows] for c in chosen}, {}, str(manifest)
-        )
-        self.root, self.files, self.image_size = manifest, files, image_size
-        self.label_columns = tuple(chosen)
-        self.columns = columns
-        self.name = manifest.parent.name or manifest.stem
-
-
 # -- Arrow / Parquet tables and Hugging Face `datasets` folders -----------------------------------------
 def _hf_features(info: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(info, dict):
@@ -317,8 +230,10 @@ class TableDataset(ImageDataset):
         root: str | Path | None = None,
         features: dict[str, Any] | None = None,
         fmt: str = "parquet",
+        allow_outside_paths: bool = False,
     ) -> None:
         require_pyarrow("Parquet/Arrow data")
+        self.allow_outside_paths = allow_outside_paths
         self.paths = [Path(f) for f in files]
         self.fmt = fmt
         self.root = Path(root) if root is not None else self.paths[0]
@@ -436,9 +351,17 @@ class TableDataset(ImageDataset):
         if isinstance(cell, bytes | bytearray):
             return bytes(cell)
         if isinstance(cell, str) and cell:
+            from .images import UnreadableImage
+            from .manifests import is_inside
+
             p = Path(cell)
             base = self.root if self.root.is_dir() else self.root.parent
-            return p if p.is_absolute() else base / p
+            p = p if p.is_absolute() else base / p
+            if not getattr(self, "allow_outside_paths", False) and not is_inside(p, base):
+                raise UnreadableImage(
+                    f"{cell} is outside the data folder {base}; allow it with --set data.allow_outside_paths=true"
+                )
+            return p
         return b""  # an empty cell: reported as unreadable
 
     def describe(self, index: int) -> str:
@@ -476,7 +399,14 @@ def is_hf_dataset_folder(path: Path) -> bool:
     )
 
 
-def hf_dataset(folder: Path, image_size: int, label_columns: Sequence[str] = (), split: str | None = None):
+def hf_dataset(
+    folder: Path,
+    image_size: int,
+    label_columns: Sequence[str] = (),
+    split: str | None = None,
+    *,
+    allow_outside_paths: bool = False,
+):
     """A folder written by `datasets.Dataset.save_to_disk` (or a DatasetDict's: its `train` split)."""
     if (folder / "dataset_dict.json").is_file():
         splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits") or []
@@ -501,6 +431,14 @@ def hf_dataset(folder: Path, image_size: int, label_columns: Sequence[str] = (),
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ValueError(f"{folder}: data files missing: {', '.join(missing[:3])}")
-    ds = TableDataset(files, image_size, label_columns, root=folder, features=_hf_features(info), fmt="arrow")
+    ds = TableDataset(
+        files,
+        image_size,
+        label_columns,
+        root=folder,
+        features=_hf_features(info),
+        fmt="arrow",
+        allow_outside_paths=allow_outside_paths,
+    )
     ds.kind_description = "datasets folder"
     return ds

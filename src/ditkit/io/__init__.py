@@ -16,13 +16,19 @@ from .loading import (
 from .native import (
     atomic_torch_save,
     atomic_write,
+    checkpoint_checksums,
     is_ditkit_checkpoint,
     load_safetensors_model,
     model_from_checkpoint,
+    output_error,
+    prepare_output_dir,
     safe_torch_load,
     save_safetensors,
+    verify_checksum,
+    weights_checksum,
 )
 from .pipeline_folder import DitkitPipelineParts, read_ditkit_pipeline, save_ditkit_pipeline
+from .validate import build_checked_model, check_finite, config_from_stored
 
 __all__ = [
     "CONVERT_TARGETS",
@@ -33,12 +39,18 @@ __all__ = [
     "LoadedModel",
     "atomic_torch_save",
     "atomic_write",
+    "build_checked_model",
+    "check_finite",
+    "checkpoint_checksums",
+    "config_from_stored",
     "convert",
     "is_ditkit_checkpoint",
     "load_any",
     "load_model",
     "load_safetensors_model",
     "model_from_checkpoint",
+    "output_error",
+    "prepare_output_dir",
     "read_ditkit_pipeline",
     "safe_torch_load",
     "save_diffusers_pipeline",
@@ -47,4 +59,6 @@ __all__ = [
     "save_official",
     "save_safetensors",
     "set_arithmetic",
+    "verify_checksum",
+    "weights_checksum",
 ]

@@ -18,7 +18,14 @@ import torch
 
 from ..models import DiT, ModelConfig
 from .layouts import cast_state, diffusers_to_official, official_to_diffusers, require_official_layout
-from .native import atomic_write, read_safetensors, safe_torch_load
+from .native import (
+    CHECKSUM_KEY,
+    atomic_write,
+    prepare_output_dir,
+    read_safetensors,
+    safe_torch_load,
+    weights_checksum,
+)
 
 TRANSFORMER_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
 PIPELINE_CLASS = "DiTPipeline"
@@ -95,6 +102,31 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 # -- config ------------------------------------------------------------------------------------------
+_INT_KEYS = (
+    "num_attention_heads",
+    "attention_head_dim",
+    "in_channels",
+    "num_layers",
+    "sample_size",
+    "patch_size",
+    "num_embeds_ada_norm",
+)
+
+
+def _check_types(c: dict[str, Any], where: str) -> None:
+    """Every size in a config.json must be a whole number (JSON null, text or 2.5 is a damaged config)."""
+    for key in _INT_KEYS + ("out_channels",):
+        value = c.get(key)
+        if value is None and key in ("out_channels", "num_embeds_ada_norm"):
+            continue  # meaningful nulls, handled below
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(
+                f"{where}: config.json has {key}={json.dumps(value)}; it must be a positive whole number"
+            )
+        if value <= 0 and key not in ("num_embeds_ada_norm",):
+            raise ValueError(f"{where}: config.json has {key}={value}; it must be positive")
+
+
 def config_from_diffusers(cfg: dict[str, Any], mlp_rows: int | None, where: str) -> ModelConfig:
     """ModelConfig (arithmetic="diffusers") of a DiTTransformer2DModel config.json; refuses variants ditkit
     cannot reproduce exactly."""
@@ -104,6 +136,7 @@ def config_from_diffusers(cfg: dict[str, Any], mlp_rows: int | None, where: str)
         if missing:
             raise ValueError(f"{where}: a Transformer2DModel config without {missing}; is this a DiT?")
     c = {**_DIT_DEFAULTS, **cfg}
+    _check_types(c, where)
     checks = {
         "norm_type": "ada_norm_zero",
         "activation_fn": "gelu-approximate",
@@ -246,10 +279,16 @@ def read_transformer_folder(
     if origin == "official":
         notes.append(
             "exported by ditkit from a model with official arithmetic; loaded with diffusers arithmetic to "
-            "match diffusers, pass arithmetic='official' to get the original model's outputs"
+            "match diffusers; its outputs differ slightly from the original model's (which used the official "
+            "arithmetic)"
         )
     labels = cfg.get(LABELS_KEY)
-    return config, official, notes, labels if isinstance(labels, dict) else None
+    if labels is not None and not isinstance(labels, dict):
+        raise ValueError(
+            f"{folder / 'config.json'}: {LABELS_KEY} is a {type(labels).__name__}, expected a mapping of class "
+            "id to name"
+        )
+    return config, official, notes, labels
 
 
 def diffusers_pos_embed(config: ModelConfig) -> torch.Tensor | None:
@@ -316,9 +355,10 @@ def save_diffusers_transformer(
         if labels != imagenet_id2label():
             config[LABELS_KEY] = {str(k): v for k, v in labels.items()}
     state = cast_state(official_to_diffusers(model.state_dict(), model.config), dtype)
-    folder.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(folder, "output folder")
     weights = folder / f"{WEIGHTS_NAME}.safetensors"
-    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    metadata = {"format": "pt", CHECKSUM_KEY: weights_checksum(state)}  # diffusers reads "format" only
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=metadata))
     _write_json(folder / "config.json", config)
     return folder
 
@@ -381,7 +421,7 @@ def save_diffusers_pipeline(
         )
     check_vae_channels(model, vae)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(folder, "output folder")
     save_diffusers_transformer(model, folder / "transformer", dtype=dtype)
     copy_vae(vae, folder / "vae")
     version = diffusers_version()

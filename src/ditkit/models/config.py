@@ -21,6 +21,10 @@ POS_EMBEDS = ("sincos", "learned")
 # "adaln": official (LayerNorm, shift/scale from the conditioning, linear); "norm": LayerNorm + linear;
 # "linear": the output projection alone (the DiT-WikiArt reading of "omitted final linear layer").
 FINAL_LAYERS = ("adaln", "norm", "linear")
+# What the timestep input of the network means, and the range the forward accepts:
+# "ddpm": DDPM timesteps 0..999 (official DiT); "flow": ditkit-native flow-matching models, t scaled to
+# 0..1000 before the embedder; "sit": SiT's t in [0, 1] (0 = noise, 1 = data), fed unscaled.
+TIME_INPUTS = {"ddpm": (0.0, 999.0), "flow": (0.0, 1000.0), "sit": (0.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,10 @@ class ModelConfig:
     final_layer: str = "adaln"
     # > 0: the condition is a vector of this width (an image/text embedding) instead of class labels.
     cond_dim: int = 0
+    time_input: str = "ddpm"
+    # True: the network also takes the guidance scale w (a guidance-distilled student, Meng et al. 2023),
+    # embedded like t by `w_embedder` and added to the conditioning vector.
+    guidance_embed: bool = False
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -71,6 +79,12 @@ class ModelConfig:
                 raise ValueError(
                     f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(valid)}"
                 )
+        if self.time_input not in TIME_INPUTS:
+            raise ValueError(
+                f"unknown time_input {self.time_input!r}; choose one of {', '.join(TIME_INPUTS)}"
+            )
+        if not isinstance(self.guidance_embed, bool):
+            raise ValueError(f"guidance_embed must be true or false, got {self.guidance_embed!r}")
         if not isinstance(self.cond_dim, int) or self.cond_dim < 0:
             raise ValueError(f"cond_dim must be an integer >= 0, got {self.cond_dim!r}")
         if self.cond_dim and self.label_sizes:
@@ -104,6 +118,11 @@ class ModelConfig:
     @property
     def num_tokens(self) -> int:
         return (self.input_size // self.patch_size) ** 2
+
+    @property
+    def time_range(self) -> tuple[float, float]:
+        """The timesteps the network accepts (inclusive), from `time_input`."""
+        return TIME_INPUTS[self.time_input]
 
     @property
     def label_sizes(self) -> tuple[int, ...]:
@@ -141,6 +160,7 @@ class ModelConfig:
             and self.final_layer == "adaln"
             and not self.multi_label
             and self.cond_dim == 0
+            and not self.guidance_embed
         )
 
     # -- (de)serialisation ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .embed import (
@@ -29,6 +30,11 @@ class DiT(nn.Module):
         diffusers_math = config.arithmetic == "diffusers"
         self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
         self.t_embedder = TimestepEmbedder(d, freq_shift=1 if diffusers_math else 0)
+        # A guidance-distilled student also embeds the guidance scale w (like t); its output joins c.
+        self.w_embedder: TimestepEmbedder | None = None
+        if config.guidance_embed:
+            self.w_embedder = TimestepEmbedder(d, freq_shift=1 if diffusers_math else 0)
+        self.grad_checkpointing = False
         self.y_embedder: nn.Module | None = None
         if config.cond_dim:
             self.y_embedder = VectorEmbedder(config.cond_dim, d)
@@ -94,6 +100,10 @@ class DiT(nn.Module):
             nn.init.normal_(self.y_embedder.null_embedding, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.w_embedder is not None:  # zero last layer: a student copied from a teacher starts equal to it
+            nn.init.normal_(self.w_embedder.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.w_embedder.mlp[2].weight)
+            nn.init.zeros_(self.w_embedder.mlp[2].bias)
         if self.config.block == "adaln-zero":  # each block starts as the identity (pre-norm)
             for block in self.blocks:
                 nn.init.zeros_(block.adaLN_modulation[-1].weight)
@@ -129,7 +139,9 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], h, w, p, p, c)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], c, h * p, w * p)
 
-    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def _check_inputs(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, w: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
         expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
@@ -142,6 +154,18 @@ class DiT(nn.Module):
             t = t.expand(n)
         if t.shape != (n,):
             raise ValueError(f"t has shape {tuple(t.shape)}; expected ({n},), one timestep per image")
+        # Range checks cost a device sync on accelerators, so they run where they are free (CPU, eager).
+        checkable = not torch.compiler.is_compiling()
+        if checkable and t.device.type == "cpu" and n:
+            lo, hi = cfg.time_range
+            t_min, t_max = float(t.min()), float(t.max())
+            slack = 1e-4 * (hi - lo)
+            if not (t_min >= lo - slack and t_max <= hi + slack):  # also catches NaN
+                bad = t_min if not t_min >= lo - slack else t_max
+                raise ValueError(
+                    f"timestep {bad:g} is outside this model's range [{lo:g}, {hi:g}] "
+                    f"(time_input {cfg.time_input!r}); pass t in that range"
+                )
         if self.y_embedder is None:
             if y is not None:
                 raise ValueError("this model is unconditional (num_classes=0); call it without labels")
@@ -178,19 +202,50 @@ class DiT(nn.Module):
                             f"label {bad} is out of range{where}; valid labels are 0..{size - 1}"
                             + (f" and {size} (null)" if cfg.has_null_label else "")
                         )
-        return t
+        return t, self._check_guidance(w, n)
+
+    def _check_guidance(self, w: torch.Tensor | float | None, n: int) -> torch.Tensor | None:
+        if self.w_embedder is None:
+            if w is not None:
+                raise ValueError("this model takes no guidance scale w (guidance_embed is off); drop w")
+            return None
+        if w is None:
+            raise ValueError(f"this guidance-distilled model needs w, the guidance scale per image ({n},)")
+        w = torch.as_tensor(w, dtype=torch.float32)
+        w = w.expand(n) if w.ndim == 0 else w
+        if w.shape != (n,):
+            raise ValueError(f"w has shape {tuple(w.shape)}; expected ({n},), one guidance scale per image")
+        return w
 
     # -- forward ------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (N, C, H, W) noisy input; t: (N,) timesteps in 0..999; y: (N,) labels (num_classes = null).
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them (saves memory)."""
+        self.grad_checkpointing = bool(enabled)
+
+    def _run_block(self, blk: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk, *args, use_reentrant=False)
+        return blk(*args)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        w: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (N, C, H, W) noisy input; t: (N,) timesteps in `config.time_range` (DDPM: 0..999);
+        y: (N,) labels (num_classes = null); w: (N,) guidance scales (guidance-distilled models only).
 
         Returns (N, out_channels, H, W): eps in the first C channels, then the variance values v when
         learn_sigma.
         """
-        t = self._check_inputs(x, t, y)
+        t, w = self._check_inputs(x, t, y, w)
         x = x.to(self.pos_embed.dtype)
         h = self.x_embedder(x) + self.pos_embed  # (N, T, D)
         t_emb = self.t_embedder(t)  # (N, D)
+        if self.w_embedder is not None:
+            t_emb = t_emb + self.w_embedder(w.to(t.device))  # zero at init: the teacher's conditioning
         y_emb = self.y_embedder(y) if self.y_embedder is not None else None  # (N, D)
         block = self.config.block
         c_act = None
@@ -199,18 +254,18 @@ class DiT(nn.Module):
             c_act = torch.nn.functional.silu(c)  # shared by every adaLN projection
         if block in ("adaln-zero", "adaln"):
             for blk in self.blocks:
-                h = blk(h, c_act)  # (N, T, D)
+                h = self._run_block(blk, h, c_act)  # (N, T, D)
         else:
             context = torch.stack([t_emb] if y_emb is None else [t_emb, y_emb], dim=1)  # (N, 1 or 2, D)
             if block == "in-context":
                 num_tokens = h.shape[1]
                 h = torch.cat([h, context], dim=1)  # t and c as extra tokens
                 for blk in self.blocks:
-                    h = blk(h)
+                    h = self._run_block(blk, h)
                 h = h[:, :num_tokens]
             else:
                 for blk in self.blocks:
-                    h = blk(h, context)
+                    h = self._run_block(blk, h, context)
         return self.unpatchify(self.final_layer(h, c_act))  # (N, C_out, H, W)
 
     # -- accounting ---------------------------------------------------------------------------------
@@ -230,7 +285,7 @@ def forward_flops(config: ModelConfig) -> int:
     d, t, p = config.hidden_size, config.num_tokens, config.patch_size
     mlp = int(d * config.mlp_ratio)
     n_ctx = 1 + int(config.conditional)  # the t (and c) vectors
-    embed = t * p * p * config.in_channels * d + 256 * d + d * d
+    embed = t * p * p * config.in_channels * d + (256 * d + d * d) * (1 + int(config.guidance_embed))
     if config.cond_dim:
         embed += config.cond_dim * d + d * d
     head = t * d * p * p * config.out_channels

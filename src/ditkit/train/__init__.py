@@ -1,4 +1,4 @@
-"""Training: the loop, EMA, optimizer and LR schedules, checkpoints, distributed helpers, run monitoring."""
+"""Training: the loop (setup, state, objectives, step), EMA, optimizer and LR schedules, checkpoints, distributed helpers, run monitoring."""
 
 from .checkpoint import (
     CHECKPOINT_KEYS,
@@ -13,10 +13,21 @@ from .checkpoint import (
 from .ema import ema_decay, make_ema, update_ema
 from .loop import RESUMABLE_KEYS, TrainingDiverged, TrainResult, check_resume_config, sample_grid, train
 from .monitor import RunMonitor, make_grid, save_loss_curve
+from .objectives import OBJECTIVES, DDPMObjective, Objective, build_objective, register_objective
 from .optim import LRSchedule, build_optimizer, param_groups
+from .state import TrainState, read_checkpoint, read_inference_parts, validate_checkpoint
 
 __all__ = [
     "CHECKPOINT_KEYS",
+    "DDPMObjective",
+    "OBJECTIVES",
+    "Objective",
+    "TrainState",
+    "build_objective",
+    "read_checkpoint",
+    "read_inference_parts",
+    "register_objective",
+    "validate_checkpoint",
     "LRSchedule",
     "RESUMABLE_KEYS",
     "RunMonitor",

@@ -3,33 +3,27 @@
 A run lives in `<output_dir>/NNN-<model>/` (e.g. `runs/003-DiT-Digits/`) with `config.yaml`, `log.txt`,
 `metrics.jsonl`, `loss_curve.png`, `grid.png`, `samples/`, `tb/` and `checkpoints/NNNNNNN.pt`.
 
-A checkpoint is a dict of tensors and plain containers only (it loads with `weights_only=True`):
-`{"format", "version", "model_config", "model", "ema", "optimizer", "scheduler", "step", "rng", "config",
-"label_names", "ditkit_version"}`.
+A run folder is marked by a `.ditkit-run` file; a resume writes only into a marked folder (or an older
+ditkit run: `NNN-name/checkpoints/`), never into a folder of the user's own: a checkpoint found elsewhere
+is resumed into a new run folder. While a run trains, it holds `.lock` in its folder (an OS lock that dies
+with the process), so a second `train --resume` of the same run stops with one line.
+
+The checkpoint schema (its fields and their validation) lives in `ditkit.train.state`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-from ..io.native import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_torch_save, safe_torch_load
+from ..io.native import atomic_torch_save
+from .state import REQUIRED as CHECKPOINT_KEYS
+from .state import read_checkpoint
 
-CHECKPOINT_KEYS = (
-    "format",
-    "version",
-    "model_config",
-    "model",
-    "ema",
-    "optimizer",
-    "scheduler",
-    "step",
-    "rng",
-    "config",
-    "label_names",
-    "ditkit_version",
-)
+MARKER = ".ditkit-run"
+LOCK = ".lock"
 _RUN_RE = re.compile(r"^(\d{3,})-")
 _CKPT_RE = re.compile(r"^(\d+)\.pt$")
 
@@ -59,9 +53,87 @@ def new_run_dir(root: str | Path, model_name: str) -> Path:
         path = root / f"{number:03d}-{tag}"
         try:
             path.mkdir()
-            return path
+            return mark_run_dir(path)
         except FileExistsError:
             number += 1
+
+
+def mark_run_dir(path: str | Path) -> Path:
+    """Mark `path` as a ditkit run folder (what a resume may write into)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / MARKER
+    if not marker.exists():
+        marker.write_text("a ditkit run folder: `ditkit train --resume` writes here\n")
+    return path
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A marked run folder, or one an older ditkit wrote (NNN-name/ with config.yaml and checkpoints/)."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return True
+    return (
+        bool(_RUN_RE.match(path.name))
+        and (path / "config.yaml").is_file()
+        and (path / "checkpoints").is_dir()
+    )
+
+
+_HELD: set = set()  # lock files this process holds open
+
+
+def _close_in_child() -> None:
+    """A forked child (a DataLoader worker) must not keep its parent's run lock alive after the parent ends."""
+    for fh in list(_HELD):
+        try:
+            fh.close()
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
+
+
+class RunLock:
+    """An exclusive OS lock on a run folder, released when the process ends (even by kill -9); forked
+    children (data-loader workers) close their copy, so the lock ends with the run."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self._fh = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        fh = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "another process"
+            fh.close()
+            raise ValueError(
+                f"{self.path.parent} is in use by another `ditkit train` ({owner}); wait for it to finish or "
+                "stop it, then resume"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        self._fh = fh
+        _HELD.add(fh)
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            _HELD.discard(self._fh)
+            self._fh.close()  # closing drops the lock
+            self._fh = None
 
 
 # -- checkpoint files -------------------------------------------------------------------------------
@@ -134,15 +206,5 @@ def save_checkpoint(ckpt: dict[str, Any], run_dir: str | Path, keep_last: int) -
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a ditkit training checkpoint (weights_only) and check its format, version and keys."""
-    ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a ditkit training checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path}: checkpoint version {ckpt.get('version')!r}; this ditkit reads version {CHECKPOINT_VERSION}"
-        )
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
-    return ckpt
+    """Read a ditkit training checkpoint (weights_only) and validate every field (ditkit.train.state)."""
+    return read_checkpoint(path)

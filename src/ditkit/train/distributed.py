@@ -6,6 +6,7 @@ it, everything here degrades to single-process no-ops, so the training loop has 
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -44,16 +45,38 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo(0, 1, local_rank)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=collective_timeout())
         if device.type == "cuda":
             torch.cuda.set_device(device)
-            dist.init_process_group(backend, device_id=device)
+            dist.init_process_group(backend, device_id=device, timeout=timeout)
         else:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=timeout)
     return DistInfo(rank, world, local_rank)
 
 
-def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+def collective_timeout() -> int:
+    """Seconds a collective may wait for the other processes (DITKIT_DIST_TIMEOUT, default 600): a rank
+    that died makes the others fail within this bound instead of hanging for torch's default 30 minutes."""
+    value = os.environ.get("DITKIT_DIST_TIMEOUT", "600")
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise ValueError(f"DITKIT_DIST_TIMEOUT={value!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise ValueError(f"DITKIT_DIST_TIMEOUT must be > 0 seconds, got {seconds}")
+    return seconds
+
+
+def cleanup(clean: bool = True) -> None:
+    """Leave the process group. After a clean finish every rank first meets at a barrier, so no rank tears
+    down its communication threads while another still talks to it (gloo then aborts the process with
+    "terminate called without an active exception"); after an error the group is destroyed at once."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if clean:
+            dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 

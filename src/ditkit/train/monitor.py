@@ -152,3 +152,56 @@ class RunMonitor:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def write_progress_gif(
+    grid_paths, out_path, duration_ms: int = 600, last_frame_ms: int = 2000
+) -> Path | None:
+    """One GIF of the sample grids saved over a run (oldest first), e.g. the EMA grids -> progress.gif.
+
+    Frames of another size (a grid re-laid out) are padded with white to the largest one; the last frame is
+    held longer. Returns None when there is no grid yet. Written atomically."""
+    from PIL import Image
+
+    from ditkit.io.native import atomic_write
+
+    paths = [Path(p) for p in grid_paths if Path(p).is_file()]
+    if not paths:
+        return None
+    frames = []
+    for p in paths:
+        with Image.open(p) as im:
+            frames.append(im.convert("RGB"))
+    width, height = max(f.width for f in frames), max(f.height for f in frames)
+    padded = []
+    for f in frames:
+        canvas = Image.new("RGB", (width, height), (255, 255, 255))
+        canvas.paste(f, (0, 0))
+        padded.append(canvas)
+    durations = [duration_ms] * (len(padded) - 1) + [last_frame_ms]
+
+    def write(tmp: str) -> None:
+        padded[0].save(tmp, format="GIF", save_all=True, append_images=padded[1:], duration=durations, loop=0)
+
+    return atomic_write(Path(out_path), write)
+
+
+def loss_by_timestep_bin(t_levels, losses, bins: int = 4) -> dict[str, float]:
+    """Mean per-sample loss in `bins` equal bins of the noise level t in [0, 1] (0 = clean, 1 = pure noise).
+
+    Keys "loss_t0.00-0.25", ... (empty bins are left out), so the logs show which noise levels lag."""
+    import torch
+
+    t = torch.as_tensor(t_levels, dtype=torch.float64).detach().flatten().cpu()
+    loss = torch.as_tensor(losses, dtype=torch.float64).detach().flatten().cpu()
+    if t.shape != loss.shape:
+        raise ValueError(f"{t.numel()} noise levels but {loss.numel()} losses; pass one of each per sample")
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    index = (t.clamp(0, 1) * bins).long().clamp_max(bins - 1)
+    out = {}
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            out[f"loss_t{b / bins:.2f}-{(b + 1) / bins:.2f}"] = float(loss[mask].mean())
+    return out
