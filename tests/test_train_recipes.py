@@ -131,3 +131,21 @@ def test_eval_every_judges_the_samples_and_logs_loss_by_noise_level(tmp_path):
     bins = [k for r in rows for k in r if k.startswith("loss_t/")]
     assert bins  # loss per quarter of the noise level t
     assert "eval accuracy" in (result.run_dir / "log.txt").read_text()
+
+
+def test_train_process_flow_end_to_end_then_sample(tmp_path, capsys):
+    """`ditkit train --process flow` on the embedded default's data: the checkpoint records the process, the
+    flow time input and no learned sigma; its grids and `ditkit sample` use a sampler that samples flow."""
+    sets = [x for pair in (("--set", s) for s in [*TINY, "train.max_steps=2"]) for x in pair]
+    args = ["train", "--process", "flow", "--output-dir", str(tmp_path / "runs"), *sets]
+    assert main(args) == 0
+    ckpt = load_checkpoint(list_checkpoints(next((tmp_path / "runs").iterdir()))[-1])
+    assert ckpt["config"]["process"]["kind"] == "flow"
+    assert ckpt["model_config"]["time_input"] == "flow" and ckpt["model_config"]["learn_sigma"] is False
+    assert ckpt["config"]["sample"]["sampler"] == "dpm++2m"
+    capsys.readouterr()
+    out = tmp_path / "samples"
+    assert main(["sample", "--ckpt", str(tmp_path / "runs"), "--out", str(out), "--no-progress"]) == 0
+    assert "dpm++2m" in capsys.readouterr().out and (out / "grid.png").exists()
+    assert main(["sample", "--ckpt", str(tmp_path / "runs"), "--sampler", "ddpm", "--out", str(out)]) == 2
+    assert "flow" in capsys.readouterr().err

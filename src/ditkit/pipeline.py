@@ -524,9 +524,17 @@ def _to_numpy(pt: torch.Tensor) -> np.ndarray:
 
 
 def numpy_to_pil(images: np.ndarray) -> list:
-    """N×H×W×C floats in [0, 1] -> PIL images (mode L for one channel, RGB for three)."""
+    """N×H×W×C floats in [0, 1] -> PIL images (mode L for one channel, RGB for three; other channel
+    counts are refused rather than shown as RGBA or garbage)."""
     from PIL import Image
 
+    channels = images.shape[-1]
+    if channels not in (1, 3):
+        raise ValueError(
+            f"{channels}-channel images have no PIL mode (1 = grayscale, 3 = RGB); a {channels}-channel "
+            "model usually works in a VAE's latent space: pass vae= (a local AutoencoderKL folder), or ask "
+            "for output_type='np', 'pt' or 'latent'"
+        )
     arr = (images * 255).round().clip(0, 255).astype(np.uint8)
     if arr.shape[-1] == 1:
         return [Image.fromarray(a[..., 0], mode="L") for a in arr]
