@@ -242,6 +242,17 @@ class Conditioning:
             try:
                 return self._map(attr).id(value)
             except ValueError as err:
+                names = self.names[attr]
+                if len(names) <= 40 and str(err).startswith("unknown class name"):
+                    import difflib  # a short list: suggest and show it all
+
+                    folded = {n.casefold(): n for n in names}
+                    close = difflib.get_close_matches(str(value).casefold(), list(folded), n=2, cutoff=0.6)
+                    hint = f" (did you mean {' or '.join(repr(folded[c]) for c in close)}?)" if close else ""
+                    raise ValueError(
+                        f"{prefix}unknown label {value!r}{hint}; valid labels: {', '.join(names)} "
+                        f"(or ids 0..{size - 1})"
+                    ) from None
                 raise ValueError(f"{prefix}{err}") from None
         if (
             isinstance(value, bool)

@@ -129,79 +129,40 @@ class DiTPipeline:
         names = [label] if isinstance(label, str) else list(label)
         return self._labels().ids(names)
 
-    def _class_ids(self, class_labels: Any) -> list[int]:
-        if isinstance(class_labels, (int, str)) or (
-            isinstance(class_labels, torch.Tensor) and class_labels.ndim == 0
-        ):
-            class_labels = [class_labels]
-        if isinstance(class_labels, torch.Tensor):
-            class_labels = class_labels.tolist()
-        ids: list[int] = []
-        for item in class_labels:
-            if isinstance(item, str) and (self.id2label or not item.strip().lstrip("-").isdigit()):
-                ids.extend(self.get_label_ids([item]))  # names first; a digit string naming no class is an id
+    @property
+    def conditioning(self):
+        """The model's conditioning schema (`ditkit.conditioning.Conditioning`): the one place that decides what
+        a name, an id, an unknown name, a free attribute and a missing null row mean."""
+        from .conditioning import Conditioning
+
+        cfg = self.transformer.config
+        key = (id(cfg), id(self.id2label), id(self.attributes))
+        if getattr(self, "_conditioning_key", None) != key:
+            if cfg.multi_label:
+                names: Any = dict(self.attributes) if self.attributes else None
+            elif self.id2label and cfg.label_sizes:
+                # a partial id2label (diffusers allows it) names the rest of the classes by their ids
+                names = [self.id2label.get(i, str(i)) for i in range(int(cfg.num_classes))]
             else:
-                ids.append(int(item))
-        n = self.transformer.config.num_classes
-        for i in ids:
-            if not 0 <= i < n:
-                raise ValueError(f"class label {i} is out of range; this model has classes 0..{n - 1}")
-        return ids
+                names = None
+            self._conditioning = Conditioning.from_model_config(cfg, names)
+            self._conditioning_key = key
+        return self._conditioning
+
+    def _class_ids(self, class_labels: Any) -> list[int]:
+        return self.conditioning.class_ids(class_labels)
 
     def _attribute_names(self) -> list[str]:
-        sizes = self.transformer.config.label_sizes
-        return list(self.attributes) if self.attributes else [f"attr{k}" for k in range(len(sizes))]
+        return self.conditioning.attributes
 
     def _attribute_id(self, k: int, value: Any) -> int:
         """One attribute's class id from an id or a name; None means the attribute's null (unguided)."""
-        cfg = self.transformer.config
-        size, attr = cfg.label_sizes[k], self._attribute_names()[k]
-        if value is None:
-            return size  # the null row: this attribute is left free
-        if isinstance(value, str) and (self.attributes or not value.strip().lstrip("-").isdigit()):
-            if not self.attributes:
-                raise ValueError(f"this pipeline has no names for attribute {attr!r}; pass class ids")
-            if attr not in self._attribute_maps:
-                from .labels import LabelMap
-
-                self._attribute_maps[attr] = LabelMap.from_id2label(dict(enumerate(self.attributes[attr])))
-            try:
-                return self._attribute_maps[attr].id(value)
-            except ValueError as err:
-                raise ValueError(f"{attr}: {err}") from None
-        idx = int(value)
-        if not 0 <= idx < size:
-            raise ValueError(f"{attr} label {idx} is out of range; valid ids are 0..{size - 1}")
-        return idx
+        return self.conditioning.attribute_id(k, value)
 
     def _multi_ids(self, class_labels: Any) -> list[tuple[int, ...]]:
         """Rows of per-attribute ids from dicts ({"genre": "landscape"}; missing attributes are left free),
         sequences (one entry per attribute, None = free) or an (N, K) tensor."""
-        names = self._attribute_names()
-        if isinstance(class_labels, torch.Tensor):
-            class_labels = class_labels.tolist()
-        if isinstance(class_labels, dict):
-            class_labels = [class_labels]
-        rows = []
-        for item in class_labels:
-            if isinstance(item, dict):
-                unknown = sorted(set(item) - set(names))
-                if unknown:
-                    raise ValueError(f"unknown attribute(s) {unknown}; this model has {', '.join(names)}")
-                values = [item.get(a) for a in names]
-            elif isinstance(item, (list, tuple)):
-                if len(item) != len(names):
-                    raise ValueError(
-                        f"each label needs {len(names)} entries ({', '.join(names)}), got {item!r}"
-                    )
-                values = list(item)
-            else:
-                raise ValueError(
-                    f"this model takes one label per attribute ({', '.join(names)}): pass dicts like "
-                    f"{{{names[0]!r}: ...}} or sequences, got {item!r}"
-                )
-            rows.append(tuple(self._attribute_id(k, v) for k, v in enumerate(values)))
-        return rows
+        return self.conditioning.rows(class_labels)
 
     def _embedding_condition(self, condition: Any, prompt: Any, image: Any) -> torch.Tensor:
         cfg = self.transformer.config

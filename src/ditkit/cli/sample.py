@@ -232,48 +232,6 @@ def settings(pipe, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- names -> ids -------------------------------------------------------------------------------------
-def resolve_name(value: str, names: list[str] | None, size: int, what: str = "label") -> int:
-    """A class id from a name (any comma-separated synonym, case-insensitive) or an id.
-
-    Names win over ids: a class named "5" is found by its name even when it is not class 5."""
-    text = " ".join(str(value).split())
-    if not text:
-        raise ValueError(f"empty {what}")
-    if names:
-        hits = {
-            i
-            for i, label in enumerate(names)
-            if text.casefold() in {" ".join(s.split()).casefold() for s in [label, *label.split(",")]}
-        }
-        if len(hits) == 1:
-            return hits.pop()
-        if len(hits) > 1:
-            options = "; ".join(f"{i} = {names[i]!r}" for i in sorted(hits))
-            raise ValueError(f"{what} {value!r} is ambiguous: {options}; pass the class id instead")
-    if text.lstrip("+-").isdigit():
-        idx = int(text)
-        if not 0 <= idx < size:
-            raise ValueError(f"{what} {idx} is out of range; this model has classes 0..{size - 1}")
-        return idx
-    if not names:
-        raise ValueError(f"{what} {value!r}: this model has no label names; pass class ids 0..{size - 1}")
-    from ditkit.labels import LabelMap
-
-    try:
-        return LabelMap.from_id2label(dict(enumerate(names))).id(text)
-    except ValueError as err:
-        if len(names) > 40:
-            raise ValueError(f"{what}: {err}" if what != "label" else str(err)) from None
-        import difflib
-
-        folded = {n.casefold(): n for n in names}
-        close = difflib.get_close_matches(text.casefold(), list(folded), n=2, cutoff=0.6)
-        hint = f" (did you mean {' or '.join(repr(folded[c]) for c in close)}?)" if close else ""
-        raise ValueError(
-            f"unknown {what} {value!r}{hint}; valid {what}s: {', '.join(names)} (or ids 0..{size - 1})"
-        ) from None
-
-
 def _single_ids(pipe, requested: list[str]) -> list[int]:
     n = pipe.transformer.config.num_classes
     names = [pipe.id2label.get(i, "") for i in range(n)] if pipe.id2label else None
@@ -282,7 +240,7 @@ def _single_ids(pipe, requested: list[str]) -> list[int]:
         text = item
         if "=" in item and not (names and any(item.casefold() == x.casefold() for x in names)):
             text = item.split("=", 1)[1]  # "class=cat" -> "cat"
-        ids.append(resolve_name(text, names, n))
+        ids.append(pipe.conditioning.attribute_id(0, text.strip()))
     return ids
 
 
@@ -302,8 +260,7 @@ def _multi_rows(pipe, requested: list[str]) -> list[tuple[int | None, ...]]:
         k = lower.get(attr.casefold())
         if k is None:
             raise ValueError(f"unknown attribute {attr!r}; this model has {', '.join(attrs)}")
-        names = pipe.attributes[attrs[k]] if pipe.attributes else None
-        idx = resolve_name(value, names, cfg.label_sizes[k], what=f"{attrs[k]} label")
+        idx = pipe.conditioning.attribute_id(k, value)
         if idx not in chosen.setdefault(k, []):
             chosen[k].append(idx)
     missing = [attrs[k] for k in range(len(attrs)) if k not in chosen]
