@@ -264,7 +264,9 @@ def _grid_sampler(config: RunConfig, notes: list[str]) -> RunConfig:
     spec = SAMPLERS.get(name)
     if spec is None or kind in spec.kinds:
         return config
-    notes.append(f"sample.sampler {name} does not sample {kind} models; grids and samples use dpm++2m, 10 steps")
+    notes.append(
+        f"sample.sampler {name} does not sample {kind} models; grids and samples use dpm++2m, 10 steps"
+    )
     return config.replace(sample=dataclasses.replace(config.sample, sampler="dpm++2m", steps=10))
 
 
