@@ -353,3 +353,15 @@ def test_handler_turns_failures_into_one_line_errors(tmp_path, digits_pipe):
     broken = make_handler(Broken(), spec, tmp_path)
     with pytest.raises(gr.Error, match=r"generation failed: RuntimeError: CUDA out of memory'?$"):
         broken(3, "ddim", 2, 4.0, 0.0, 1.0, "9", 1)
+
+
+def test_the_page_starts_from_the_runs_own_sampling_settings():
+    """A ditkit run records how it samples (the digits default: ddpm, 100 steps, guidance 1.5); the page's
+    controls start there, and fall back to ddim / its default steps / guidance 4 for foreign files."""
+    pipe = DiTPipeline(tiny())
+    foreign = build_spec(pipe, "foreign")
+    assert foreign.default_sampler == "ddim" and foreign.default_guidance == 4.0
+    pipe.sample_defaults = {"sampler": "ddpm", "steps": 100, "guidance_scale": 1.5}
+    spec = build_spec(pipe, "run")
+    assert spec.default_sampler == "ddpm" and spec.default_steps["ddpm"] == 100
+    assert spec.default_guidance == 1.5

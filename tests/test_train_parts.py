@@ -194,7 +194,7 @@ def test_conditioning_round_trip_resolution_and_null():
                                     attribute_dropout=0.2)  # fmt: skip
     assert Conditioning.from_dict(cond.to_dict()) == cond and cond.null_label == (2, 3)
     assert cond.rows([{"genre": "Portrait"}, [0, "c"]]) == [(1, 3), (0, 2)]  # missing = free = null row
-    with pytest.raises(ValueError, match="genre: unknown class name 'landscap'.*'landscape'"):
+    with pytest.raises(ValueError, match="genre: unknown label 'landscap' \\(did you mean 'landscape'"):
         cond.rows([{"genre": "landscap"}])
     assert cond.null_condition(2).tolist() == [[2, 3], [2, 3]]
     strict = Conditioning.from_labels(["cat", "dog"], dropout=0.0)

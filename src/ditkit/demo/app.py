@@ -190,7 +190,7 @@ def _controls(spec: DemoSpec) -> list:
     guidance = gr.Slider(
         b.min_guidance,
         b.max_guidance,
-        value=4.0 if on else 1.0,
+        value=spec.default_guidance if on else 1.0,
         step=0.1,
         label="Guidance scale" + ("" if on else " (off: the model has no null label)"),
         interactive=on,

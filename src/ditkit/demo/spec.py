@@ -52,6 +52,7 @@ class DemoSpec:
     channels: int
     card: dict[str, str]
     bounds: Bounds = field(default_factory=Bounds)
+    default_guidance: float = 4.0  # the run's own sample.guidance_scale when the checkpoint records one
 
     def card_markdown(self) -> str:
         return " · ".join(f"**{k}** {v}" for k, v in self.card.items())
@@ -135,6 +136,16 @@ def build_spec(pipe: Any, name: str, bounds: Bounds | None = None) -> DemoSpec:
         min(bounds.max_steps, int(num_timesteps)) if kind == "ddpm" and num_timesteps else bounds.max_steps
     )
     default_steps = {k: min(v, max_steps) for k, v in samplers.items()}
+    # A ditkit run records how it samples (e.g. the digits default: ddpm, 100 steps, guidance 1.5): start there.
+    run = getattr(pipe, "sample_defaults", None) or {}
+    default_sampler = DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else next(iter(samplers))
+    if run.get("sampler") in samplers:
+        default_sampler = run["sampler"]
+        if isinstance(run.get("steps"), int) and 1 <= run["steps"] <= max_steps:
+            default_steps[default_sampler] = run["steps"]
+    guidance_default = float(run.get("guidance_scale", 4.0))
+    if not 0 <= guidance_default <= bounds.max_guidance:
+        guidance_default = 4.0
     params = sum(p.numel() for p in pipe.transformer.parameters())
     res = resolution(pipe)
     channels = 3 if pipe.vae is not None else int(cfg.in_channels)
@@ -152,7 +163,7 @@ def build_spec(pipe: Any, name: str, bounds: Bounds | None = None) -> DemoSpec:
         name=name,
         picker=picker,
         samplers=list(samplers),
-        default_sampler=DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else next(iter(samplers)),
+        default_sampler=default_sampler,
         default_steps=default_steps,
         max_steps=max_steps,
         guidance=picker.kind != "none" and bool(cfg.has_null_label),
@@ -160,4 +171,5 @@ def build_spec(pipe: Any, name: str, bounds: Bounds | None = None) -> DemoSpec:
         channels=channels,
         card=card,
         bounds=bounds,
+        default_guidance=guidance_default,
     )

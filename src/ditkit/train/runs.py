@@ -160,26 +160,33 @@ def start_lines(
 
 
 def probe_seconds_per_step(run: Run, ctx: Any, state: TrainState, reader: Any, slices: list[slice]):
-    """(seconds, micro-batches read): one timed forward/backward of the next step's data with noise from a
-    separate generator; the gradients are discarded, so the run itself is unchanged (its generator and
-    weights are not touched). The caller notes the batches (files found unreadable are met only once)."""
+    """(seconds, micro-batches read): a timed forward/backward of the next step's data with noise from a
+    separate generator, after one untimed warm-up pass (first-call costs — DataLoader workers starting,
+    kernel set-up, lazy imports — would otherwise inflate the estimate many times over on a fresh install).
+    The gradients are discarded, so the run itself is unchanged (its generator and weights are not touched).
+    The caller notes the batches (files found unreadable are met only once)."""
     gen = torch.Generator().manual_seed(0)
     draws = draw(run, ctx.objective, reader.stream, gen, state.step)
-    started = time.perf_counter()
     micro = reader[state.step]
-    for batch, part in zip(micro, slices):
-        x, cond = micro_inputs(run, batch, part, draws, ctx.device)
-        with ctx.model.no_sync() if ctx.distributed else _null():
-            with ctx.autocast():
-                terms = ctx.objective.losses(
-                    ctx.model, x, cond,
-                    t=draws.t[part].to(ctx.device) if draws.t is not None else None,
-                    noise=draws.noise[part].to(ctx.device) if draws.noise is not None else None,
-                    generator=gen,
-                )  # fmt: skip
-            terms["loss"].float().mean().backward()
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
+
+    def one_pass() -> None:
+        for batch, part in zip(micro, slices):
+            x, cond = micro_inputs(run, batch, part, draws, ctx.device)
+            with ctx.model.no_sync() if ctx.distributed else _null():
+                with ctx.autocast():
+                    terms = ctx.objective.losses(
+                        ctx.model, x, cond,
+                        t=draws.t[part].to(ctx.device) if draws.t is not None else None,
+                        noise=draws.noise[part].to(ctx.device) if draws.noise is not None else None,
+                        generator=gen,
+                    )  # fmt: skip
+                terms["loss"].float().mean().backward()
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+
+    one_pass()  # warm-up, untimed
+    started = time.perf_counter()
+    one_pass()
     seconds = time.perf_counter() - started
     state.optimizer.zero_grad(set_to_none=True)
     for p in state.net.parameters():
