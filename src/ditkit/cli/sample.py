@@ -157,18 +157,10 @@ def build_pipeline(args: argparse.Namespace):
     from ditkit.encoders import load_encoder
     from ditkit.pipeline import DiTPipeline
     from ditkit.runtime import pick_device
-    from ditkit.train.checkpoint import find_checkpoint, list_checkpoints, list_runs
+    from ditkit.train.checkpoint import model_path
 
-    def resolve(arg: str, flag: str) -> Path:
-        path = Path(arg)
-        if not path.exists():
-            raise FileNotFoundError(f"{flag} {path}: no such checkpoint, run folder or model folder")
-        if path.is_dir() and (list_checkpoints(path) or list_runs(path)):
-            path = find_checkpoint(path)
-        return path
-
-    path = resolve(args.ckpt, "--ckpt")
-    guide = str(resolve(args.guide_ckpt, "--guide-ckpt")) if getattr(args, "guide_ckpt", None) else None
+    path = model_path(args.ckpt, "--ckpt")
+    guide = str(model_path(args.guide_ckpt, "--guide-ckpt")) if getattr(args, "guide_ckpt", None) else None
     pipe = DiTPipeline.from_pretrained(
         path,
         use_ema=not args.no_ema,

@@ -28,7 +28,7 @@ def offline_env() -> None:
 def resolve_checkpoint(ckpt: str | None, runs_dir: str | Path = "runs") -> Path | None:
     """--ckpt as a path to load (a run or runs folder -> its newest checkpoint); None: the newest run under
     runs_dir, or None when there is none."""
-    from ..train.checkpoint import find_checkpoint, list_checkpoints, list_runs
+    from ..train.checkpoint import find_checkpoint, list_runs, model_path
 
     if ckpt is None:
         if not list_runs(runs_dir):
@@ -37,12 +37,7 @@ def resolve_checkpoint(ckpt: str | None, runs_dir: str | Path = "runs") -> Path 
             return find_checkpoint(runs_dir)
         except FileNotFoundError:
             return None
-    path = Path(ckpt)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint, run folder or model folder")
-    if path.is_dir() and (list_checkpoints(path) or list_runs(path)):
-        path = find_checkpoint(path)
-    return path
+    return model_path(ckpt)
 
 
 def checkpoint_name(path: Path) -> str:

@@ -170,6 +170,18 @@ def find_checkpoint(path: str | Path) -> Path:
     )
 
 
+def model_path(path: str | Path, flag: str | None = None) -> Path:
+    """What to load for a model argument: a file or a model folder as given; a run folder or a runs folder
+    becomes its newest checkpoint. `flag` (e.g. "--ckpt") prefixes the message for a missing path."""
+    path = Path(path)
+    if not path.exists():
+        where = f"{flag} {path}" if flag else str(path)
+        raise FileNotFoundError(f"{where}: no such checkpoint, run folder or model folder")
+    if path.is_dir() and (list_checkpoints(path) or list_runs(path)):
+        path = find_checkpoint(path)
+    return path
+
+
 def resolve_resume(resume: str, output_dir: str | Path) -> Path:
     """`--resume auto`: the newest checkpoint under output_dir; otherwise a file, run folder or runs folder."""
     if resume == "auto":
