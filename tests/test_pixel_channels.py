@@ -30,3 +30,15 @@ def test_four_channels_without_a_vae_are_refused_for_pil_but_not_for_arrays():
         pipe(class_labels=[0], num_inference_steps=2, guidance_scale=1.0)
     out = pipe(class_labels=[0], num_inference_steps=2, guidance_scale=1.0, output_type="np").images
     assert out.shape == (1, 8, 8, 4)
+
+
+def test_sample_cli_refuses_a_latent_model_without_a_vae(tmp_path, capsys):
+    """`ditkit sample` used to write the first 3 of 4 latent channels as RGB PNGs with exit 0."""
+    from ditkit.cli.main import main
+
+    _pipe(4).save_pretrained(tmp_path / "m")
+    args = ["sample", "--ckpt", str(tmp_path / "m"), "--out", str(tmp_path / "s"), "--steps", "2"]
+    assert main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "4 input channels and no VAE" in err and "--vae PATH" in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()

@@ -432,6 +432,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--steps {s['steps']} exceeds this model's {limit} training timesteps; use 1..{limit}"
         )
+    channels = pipe.transformer.config.in_channels
+    if pipe.vae is None and channels not in (1, 3):
+        raise ValueError(
+            f"this model has {channels} input channels and no VAE to decode them into images; pass --vae PATH "
+            "(a local AutoencoderKL folder, e.g. sd-vae-ft-ema)"
+        )
     if args.num is not None:
         return _run_npz(pipe, s, args)
     columns, tags, npz_labels = _columns(pipe, args, pipe.source.get("image_size"))
@@ -455,8 +461,6 @@ def run(args: argparse.Namespace) -> int:
     u8 = (arr * 255).round().clip(0, 255).astype(np.uint8)
     if u8.shape[-1] == 1:
         u8 = np.repeat(u8, 3, axis=-1)
-    elif u8.shape[-1] != 3:
-        u8 = u8[..., :3]
     names = [f"{i:06d}_{tags[c]}.png" if tags[c] else f"{i:06d}.png" for i, c in enumerate(order)]
     meta = {
         "sampler": info.get("sampler", s["sampler"]),
