@@ -55,23 +55,21 @@ def sample_digits(
     seed: int,
     chunk: int = 500,
     use_ema: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Sample `per_digit` images of each digit through DiTPipeline with the checkpoint's sampling defaults."""
-    from ditkit.config import RunConfig
     from ditkit.data import to_digit_space
-    from ditkit.io.native import model_from_checkpoint
     from ditkit.pipeline import DiTPipeline
-    from ditkit.train import load_checkpoint
 
-    ckpt = load_checkpoint(ckpt_path)
-    cfg = RunConfig.from_dict(ckpt["config"])
+    # from_pretrained brings the run's process (DDPM or flow) and its sample section; fp32 weights, so the
+    # figures measure the model and not the inference precision (--precision in main() changes that)
+    pipe = DiTPipeline.from_pretrained(ckpt_path, use_ema=use_ema, dtype=dtype)
+    defaults = pipe.sample_defaults
     settings = {
-        "guidance_scale": cfg.sample.guidance_scale if guidance_scale is None else guidance_scale,
-        "steps": cfg.sample.steps if steps is None else steps,
-        "sampler": cfg.sample.sampler if sampler is None else sampler,
+        "guidance_scale": defaults.get("guidance_scale", 1.5) if guidance_scale is None else guidance_scale,
+        "steps": defaults.get("steps", 100) if steps is None else steps,
+        "sampler": defaults.get("sampler", "ddpm") if sampler is None else sampler,
     }
-    model = model_from_checkpoint(ckpt, use_ema=use_ema)
-    pipe = DiTPipeline(model, id2label=dict(enumerate(ckpt["label_names"])))
     asked = np.repeat(np.arange(10), per_digit)
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -108,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-digit", type=int, default=100)
     parser.add_argument("--guidance-scale", type=float, nargs="*", default=None, help="default: the run's")
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    parser.add_argument("--sampler", default=None, help="a ditkit sampler name (default: the run's)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="network weights")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-ema", action="store_true", help="judge the raw weights instead of the EMA")
     parser.add_argument("--output-dir", default="runs")
@@ -143,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     for scale in args.guidance_scale or [None]:
         t0 = time.time()
         digits8, asked, settings = sample_digits(
-            ckpt_path, args.per_digit, scale, args.steps, args.sampler, args.seed, use_ema=not args.no_ema
+            ckpt_path, args.per_digit, scale, args.steps, args.sampler, args.seed, use_ema=not args.no_ema,
+            dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32,
         )
         took = time.time() - t0
         r = judge.judge(digits8, asked)

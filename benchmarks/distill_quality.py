@@ -1,5 +1,5 @@
-"""Distillation on the embedded default: teacher vs students (half the parameters, guidance-distilled,
-4-step and 2-step), judged by the digits classifier.
+"""Distillation on the DDPM digits model (`ditkit train digits-ddpm`): teacher vs students (half the
+parameters, guidance-distilled, 4-step and 2-step), judged by the digits classifier.
 
     python benchmarks/distill_quality.py --out /tmp/h8runs                    # train teacher + students
     python benchmarks/distill_quality.py --out /tmp/h8runs --teacher CKPT     # reuse a teacher
@@ -17,8 +17,8 @@ batch counts one, as the literature does) and seconds for the 500 images; and th
 - 4-step:   `--mode steps --steps 4 --merge 4` on the teacher's DDIM-16 grid (guided at 1.5, baked in);
 - 2-step:   `--mode steps --merge 2` from the 4-step student (one halving round).
 
-Measured 2026-12-01 on the shared 2-core machine (load ~6-9), teacher = `ditkit train` with no arguments
-(1500 steps, 214 s). Students: fp32, lr 2e-3 (half) / 1e-3 (others), batch 64 (half, guidance) / 32 (steps);
+Measured 2026-12-01 on the shared 2-core machine (load ~6-9), teacher = `ditkit train digits-ddpm` (then the embedded
+default; 1500 steps, 214 s). Students: fp32, lr 2e-3 (half) / 1e-3 (others), batch 64 (half, guidance) / 32 (steps);
 half 300 steps, guidance 100 steps (`--guidance-steps 100`), 4-step and 2-step 100 steps each. The two
 training chains ran side by side (`--train-only half,guidance` / `--train-only steps`), then `--reuse`:
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("/tmp/h8runs"))
-    p.add_argument("--teacher", type=Path, help="a trained default checkpoint (default: train it into OUT)")
+    p.add_argument("--teacher", type=Path, help="a DDPM digits checkpoint (default: `ditkit train digits-ddpm` into OUT)")
     p.add_argument("--reuse", action="store_true", help="reuse finished runs in OUT")
     p.add_argument("--half-steps", type=int, default=300)
     p.add_argument("--guidance-steps", type=int, default=150)
@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out, reuse = args.out, args.reuse
     ditkit = [sys.executable, "-m", "ditkit.cli.main"]
-    teacher = args.teacher or _latest_ckpt(_run([*ditkit, "train"], out / "teacher", True))
+    # a DDPM teacher (the rows below use DDIM grids): the digits on DiT's process, the embedded default
+    # before it became flow matching
+    teacher = args.teacher or _latest_ckpt(_run([*ditkit, "train", "digits-ddpm"], out / "teacher", True))
 
     def grid_of(run: Path) -> list[float]:
         return [float(t) for t in load_checkpoint(_latest_ckpt(run))["config"]["distill"]["grid"]]

@@ -1,6 +1,6 @@
-"""Samplers on the embedded default: accuracy, classifier-space FD, network evaluations and seconds.
+"""Samplers on the DDPM digits model: accuracy, classifier-space FD, network evaluations and seconds.
 
-    ditkit train --output-dir runs                          # once: the embedded default (~2-4 min on 2 cores)
+    ditkit train digits-ddpm --output-dir runs              # once: the digits on DDPM (~2.5 min on 2 cores)
     python benchmarks/sampler_quality.py --ckpt runs        # 500 samples per setting (the issue's protocol)
     python benchmarks/sampler_quality.py --ckpt runs --quick  # 200 samples, 6 and 10 steps only
 

@@ -252,3 +252,29 @@ def test_console_script_and_ctrl_c(tmp_path):
     assert f"trained {step + 3} steps" in resumed.stdout
     final = load_checkpoint(list_checkpoints(run)[-1])
     assert final["step"] == step + 3 and torch.isfinite(final["model"]["final_layer.linear.weight"]).all()
+
+
+def test_the_default_trains_flow_and_samples_with_dpmpp_10_steps(tmp_path, capsys):
+    """`ditkit train` with no process named trains flow matching (the embedded default); `ditkit sample`
+    then uses the run's recorded sampler: dpm++2m, 10 steps, guidance 1.5."""
+    from ditkit.sampling.outputs import read_meta
+    from ditkit.train import load_checkpoint
+
+    runs = tmp_path / "runs"
+    tiny = [item for item in TINY if not item.startswith(("process.", "sample."))]
+    out = _main_out(["train", "--max-steps", "3", "--batch-size", "8", "--output-dir", str(runs),
+                     "--no-progress", "--set", *tiny])  # fmt: skip
+    run = runs / "001-DiT-Digits"
+    assert "process flow" in (run / "log.txt").read_text() and "sample:" in out
+    ckpt = load_checkpoint(run / "checkpoints" / "0000003.pt")
+    assert ckpt["config"]["process"]["kind"] == "flow" and not ckpt["config"]["model"].get("learn_sigma")
+    assert (
+        main(["sample", "--ckpt", str(runs), "--labels", "1", "--out", str(tmp_path / "s"), "--no-progress"])
+        == 0
+    )
+    header = capsys.readouterr().out
+    assert "dpm++2m, 10 steps" in header and "guidance 1.5" in header
+    with np.load(tmp_path / "s" / "samples.npz", allow_pickle=False) as data:
+        assert data["arr_0"].shape[0] == 4  # sample.num_per_label 4, the default
+    meta = read_meta(tmp_path / "s" / "samples.npz")
+    assert (meta["sampler"], meta["steps"], meta["nfe"]) == ("dpm++2m", 10, 10)

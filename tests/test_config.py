@@ -14,6 +14,14 @@ def test_defaults_are_the_digits_recipe():
     cfg = RunConfig()
     assert cfg.data.path == "digits" and cfg.data.hflip is False
     assert cfg.model.class_dropout_prob > 0  # class-conditional with label dropout: guidance works
+    # flow matching, sampled in 10 dpm++2m steps; every other recipe is the official DDPM process
+    assert cfg.process.kind == "flow" and (cfg.sample.sampler, cfg.sample.steps) == ("dpm++2m", 10)
+    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.train.lr) == (1000, 64, 2e-3)
+    for name in sorted(set(RECIPES) - {"digits"}):
+        assert recipe(name).process.kind == "ddpm" and recipe(name).sample.sampler == "ddpm", name
+    old = recipe("digits-ddpm")  # the embedded default before flow matching
+    assert (old.train.max_steps, old.train.batch_size, old.sample.steps) == (1500, 128, 100)
+    assert old.data == cfg.data and old.model == cfg.model
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

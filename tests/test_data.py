@@ -31,6 +31,22 @@ def test_digits_dataset():
     assert torch.equal(native.images[:, 0], raw / 8 - 1)
 
 
+def test_bundled_digits_equal_scikit_learns_loader(monkeypatch):
+    """The CSV read (no scikit-learn import) gives exactly load_digits(); without the file, the fallback."""
+    from sklearn.datasets import load_digits
+
+    from ditkit.data import digits as digits_module
+
+    ref = load_digits()
+    for table in (True, False):
+        if not table:
+            monkeypatch.setattr(digits_module, "_bundled_digits_table", lambda: None)
+        images, labels = load_digits_arrays()
+        assert images.dtype == torch.float32 and labels.dtype == torch.int64
+        assert torch.equal(images, torch.from_numpy(ref.images).float())
+        assert torch.equal(labels, torch.from_numpy(ref.target).long())
+
+
 def test_digit_space_round_trip():
     raw, _ = load_digits_arrays()
     assert torch.allclose(to_digit_space(to_model_space(raw, 8)), raw)

@@ -285,10 +285,10 @@ def test_student_must_take_the_teachers_inputs_and_conditioning():
     check_student(tiny(depth=1, hidden_size=16, learn_sigma=False), tiny())  # narrower, shallower: fine
 
 
-def test_steps_mode_needs_a_ddim_teacher():
+def test_steps_mode_needs_a_deterministic_sampler():
     teacher = random_teacher(tiny())
-    teacher.process_kind = "flow"
-    with pytest.raises(ValueError, match="deterministic DDIM sampler"):
+    teacher.process_kind = "edm"  # DDPM and flow teachers are distilled (flow: tests/test_distill_flow.py)
+    with pytest.raises(ValueError, match="deterministic sampler"):
         check_mode("steps", teacher, tiny())
     with pytest.raises(ValueError, match="label dropout"):
         check_mode("guidance", random_teacher(tiny(class_dropout_prob=0.0)), tiny(guidance_embed=True))
@@ -308,7 +308,7 @@ def test_distill_section_validation():
     DistillSection(teacher="t.pt", mode="steps", teacher_grid=(750, 500, 250, 0, -1), grid=(750, 250, -1))
     with pytest.raises(ValueError, match="distill.mode must be one of output, guidance, steps"):
         DistillSection(mode="fast")
-    with pytest.raises(ValueError, match="ending at the clean point"):
+    with pytest.raises(ValueError, match="end at the clean point"):
         DistillSection(mode="steps", teacher_grid=(750, 500, 250, 0))
     with pytest.raises(ValueError, match="every 2-th point"):
         DistillSection(mode="steps", teacher_grid=(750, 500, 250, 0, -1), grid=(750, 500, -1))

@@ -152,3 +152,22 @@ def test_set_threads_and_dist_env(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "four")
     with pytest.raises(ValueError, match="WORLD_SIZE='four' is not an integer"):
         runtime.dist_env()
+
+
+@pytest.mark.parametrize("flags, want", [({"avx512_bf16"}, torch.bfloat16), ({"avx2"}, torch.float32)])
+def test_from_pretrained_precision_follows_the_policy(monkeypatch, tmp_path, flags, want):
+    """precision="auto" in the Python API: bf16 weights on a fast-bf16 CPU, fp32 elsewhere; the default
+    (no dtype, no precision) keeps the stored fp32 weights, as diffusers does; both at once is refused."""
+    import ditkit
+    from ditkit.pipeline import DiTPipeline
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
+    model = ditkit.create_model("DiT-Digits", input_size=8, in_channels=1, num_classes=10)
+    folder = DiTPipeline(model).save_pretrained(tmp_path / "pipe")
+    assert DiTPipeline.from_pretrained(folder, precision="auto").dtype == want
+    assert DiTPipeline.from_pretrained(folder).dtype == torch.float32
+    assert DiTPipeline.from_pretrained(folder, precision="bf16").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="not both"):
+        DiTPipeline.from_pretrained(folder, precision="fp32", dtype=torch.float32)
+    with pytest.raises(ValueError, match="fp16 is not supported on device cpu"):
+        DiTPipeline.from_pretrained(folder, precision="fp16")

@@ -70,6 +70,13 @@ def test_header_and_npz_metadata(folders, tmp_path, capsys):
     assert meta["sampler"] == "dpm++2m" and meta["steps"] == 3 and meta["guidance_scale"] == 2.0
     assert meta["guidance_interval"] == [0.0, 0.7] and meta["grid"] == [999.0, 666.0, 333.0, -1.0]
     assert meta["nfe"] == 3
+    # the precision the network ran in: `auto` resolved for this CPU, printed and recorded
+    from ditkit import runtime
+
+    auto = runtime.resolve_precision("auto", "cpu")
+    assert meta["precision"] == auto and f"weights, {auto})" in header
+    assert sample(folders["cond"], tmp_path / "s32", "--precision", "fp32") == 0
+    assert read_meta(tmp_path / "s32" / "samples.npz")["precision"] == "fp32"
 
 
 def test_second_run_replaces_its_own_outputs_and_nothing_else(folders, tmp_path, capsys):

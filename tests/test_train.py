@@ -150,9 +150,12 @@ def test_run_folder_contents(tmp_path):
     assert second.run_dir.name == "002-DiT-Digits"
 
 
-def test_exact_resume_bit_for_bit(tmp_path):
-    """k + m steps straight == k steps, save, resume, m steps: same losses and weights, bit for bit."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exact_resume_bit_for_bit(tmp_path, precision):
+    """k + m steps straight == k steps, save, resume, m steps: same losses and weights, bit for bit, in fp32
+    and under bf16 autocast (fp32 master weights) alike."""
     extra = [
+        f"train.precision={precision}",
         "train.max_steps=10",
         "train.lr_schedule=cosine",
         "train.warmup_steps=2",

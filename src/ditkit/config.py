@@ -149,7 +149,7 @@ class ProcessSection:
     """The process the network is trained for: `kind` names the training objective (ditkit.train.objectives:
     "ddpm", DiT's linear betas over 1000 steps; "flow", flow matching); the other keys are its options."""
 
-    kind: str = "ddpm"
+    kind: str = "flow"  # the embedded default; every other recipe names "ddpm", the official DiT process
     schedule: str = "linear"  # ddpm only
     num_timesteps: int = 1000  # ddpm only
     # flow only: how the noise level s of each sample is drawn, logit-normal's location and scale (SD3: 0, 1),
@@ -200,8 +200,8 @@ class TrainSection:
     """Optimisation, bookkeeping and hardware. `batch_size` is global: summed over processes and over the
     micro-batches of gradient accumulation."""
 
-    max_steps: int = 1500
-    batch_size: int = 128
+    max_steps: int = 1000
+    batch_size: int = 64
     grad_accum: int = 1
     lr: float = 2e-3
     lr_schedule: str = "constant"  # constant | cosine (cosine decays to zero at max_steps)
@@ -260,8 +260,8 @@ class TrainSection:
 class SampleSection:
     """How to sample: used for the grids written while training and as `ditkit sample`'s defaults."""
 
-    sampler: str = "ddpm"
-    steps: int = 100
+    sampler: str = "dpm++2m"
+    steps: int = 10
     guidance_scale: float = 1.5
     num_per_label: int = 4  # rows of the training grid
     labels: tuple[int, ...] = ()  # grid labels; () = every class (the first 8 when there are more than 16)

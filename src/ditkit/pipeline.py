@@ -18,6 +18,7 @@ import torch
 
 from .diffusion import GaussianDiffusion
 from .models import DiT
+from .runtime import precision_name
 from .sampling import randn
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -217,6 +218,7 @@ class DiTPipeline:
         encoder: Any = None,
         family: str | None = None,
         guide_model: Any = None,
+        precision: str | None = None,
     ) -> DiTPipeline:
         """Load any model file or folder ditkit understands (see `ditkit.io.load_any`).
 
@@ -224,8 +226,20 @@ class DiTPipeline:
         its own vae/; a ditkit pipeline folder may too. `family="sit"` reads SiT files. `guide_model`: a DiT or
         a path, for autoguidance. A ditkit training checkpoint also brings its process, VAE, encoder and its
         sample section (`pipe.sample_defaults`); `pipe.source` says what was loaded.
+
+        The weights keep their stored dtype unless asked (as in diffusers): `dtype=torch.bfloat16`, or
+        `precision="auto"` for the CLI's policy (bf16 where the device is fast at it, else fp32; also "fp32",
+        "bf16", "fp16", checked against the device).
         """
         from .io import load_any
+
+        if precision is not None:
+            from .runtime import pick_device, precision_dtype, resolve_precision
+
+            if dtype is not None:
+                raise ValueError("pass dtype= or precision=, not both")
+            device = pick_device(str(device) if device is not None else "auto")
+            dtype = precision_dtype(resolve_precision(precision, device))
 
         loaded = load_any(path, use_ema=use_ema, family=family)
         extra = loaded.extra or {}
@@ -444,9 +458,7 @@ class DiTPipeline:
             progress=progress,
         )
         out, info = run_sampling(request, x, generator)
-        info["precision"] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
-            self.dtype, str(self.dtype)
-        )
+        info["precision"] = precision_name(self.dtype)
         images = self._decode(out, output_type)
         if not return_dict:
             return (images,)

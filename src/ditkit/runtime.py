@@ -114,6 +114,11 @@ def precision_dtype(precision: str) -> torch.dtype:
     return _DTYPES[precision]
 
 
+def precision_name(dtype: Any) -> str:
+    """The precision name of a dtype ("fp32", "bf16", "fp16"; anything else as torch spells it)."""
+    return {v: k for k, v in _DTYPES.items()}.get(dtype, str(dtype))
+
+
 def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
     """Autocast for a resolved (or "auto") precision; a no-op context for fp32."""
     device = torch.device(device)

@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument(
-        "--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"], help="weights (default fp32)"
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="network weights (default auto: bf16 where the device is fast at it, else fp32)",
     )
     p.add_argument(
         "--train-set",

@@ -5,14 +5,14 @@ grids, logs and checkpoints as `ditkit train`). Modes:
   output    knowledge distillation: a narrower/shallower student matches the teacher's predictions
             (--init student-from-teacher keeps every k-th teacher block when the widths match);
   guidance  the student takes the guidance scale w and reproduces classifier-free guidance in one forward;
-  steps     progressive distillation: one student DDIM step = --merge teacher steps (a halving round by default);
-            a steps student distilled again halves once more (its grid is read from its checkpoint).
+  steps     progressive distillation: one student DDIM step (Euler for a flow teacher) = --merge teacher
+            steps (a halving round by default); a steps student distilled again halves once more (its grid is
+            read from its checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 FLAGS = {
@@ -75,7 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--merge", type=int, metavar="M", help="steps mode: teacher steps per student step (default 2)"
     )
     p.add_argument(
-        "--spacing", default="ddim", help="steps mode: the teacher's grid spacing (ditkit.sampling.grids)"
+        "--spacing",
+        default=None,
+        help="steps mode: the teacher's grid spacing (ditkit.sampling.grids; default ddim, flow: linspace)",
     )
     p.add_argument(
         "--set",
@@ -153,8 +155,8 @@ def _teacher_distill(teacher: Any) -> dict[str, Any]:
 
 
 def _steps_settings(args: argparse.Namespace, teacher: Any, config: Any, merge: int) -> dict[str, Any]:
-    """The teacher's grid (its own, for a steps student; else a fresh DDIM grid) and the student's grid."""
-    from ditkit.sampling.grids import ddpm_grid
+    """The teacher's grid (its own, for a steps student; else a fresh DDIM / flow grid) and the student's."""
+    from ditkit.distill import steps_teacher_grid
 
     own = _teacher_distill(teacher)
     if own.get("mode") == "steps" and own.get("grid"):
@@ -172,7 +174,7 @@ def _steps_settings(args: argparse.Namespace, teacher: Any, config: Any, merge: 
         steps = 4 if args.steps is None else args.steps
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
-        teacher_grid = ddpm_grid(config.process.num_timesteps, steps * merge, args.spacing).tolist()
+        teacher_grid = steps_teacher_grid(teacher, config, steps * merge, args.spacing)
     return {"teacher_grid": teacher_grid, "grid": teacher_grid[::merge]}
 
 
@@ -195,7 +197,7 @@ def build_config(args: argparse.Namespace):
     from pathlib import Path
 
     from ditkit.config import apply_overrides
-    from ditkit.distill import load_teacher
+    from ditkit.distill import STEPS_SAMPLER, check_steps_teacher, load_teacher
 
     if not args.teacher:
         raise ValueError("pass --teacher CKPT (the model to distil), or --resume RUN to continue a run")
@@ -225,13 +227,9 @@ def build_config(args: argparse.Namespace):
         distill["teacher_family"] = args.teacher_family
     sample: dict[str, Any] = {}
     if mode == "steps":
-        if teacher.process_kind != "ddpm":
-            raise ValueError(
-                "--mode steps needs a teacher with a deterministic DDIM sampler (a DDPM-process model); this "
-                f"teacher is a {teacher.process_kind!r} model"
-            )
+        check_steps_teacher(teacher)
         distill.update(_steps_settings(args, teacher, config, merge))
-        sample = {"sampler": "ddim", "steps": len(distill["grid"]) - 1}
+        sample = {"sampler": STEPS_SAMPLER, "steps": len(distill["grid"]) - 1}
         if "grid" in type(config.sample).__dataclass_fields__:
             sample["grid"] = distill["grid"]
         if hi > 1.0:
@@ -278,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"distilled ({d.mode}) {result.step} steps in {minutes}m{seconds:02d}s: {result.run_dir}")
     print(f"checkpoint  {result.checkpoint}")
     if d.mode == "steps":
-        print(f"grid        {json.dumps([int(t) for t in d.grid])} ({len(d.grid) - 1} DDIM steps)")
+        from ditkit.distill import grid_summary
+
+        print(f"grid        {grid_summary(d.grid)}")
     print(f"sample:     ditkit sample --ckpt {result.run_dir}")
     return 0

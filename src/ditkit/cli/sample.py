@@ -454,8 +454,11 @@ def run(args: argparse.Namespace) -> int:
         )
         if x
     )
+    from ditkit.runtime import precision_name
+
     print(
-        f"sampling {len(order)} images from {src.get('path', args.ckpt)} ({where} weights): {describe(pipe, s)}"
+        f"sampling {len(order)} images from {src.get('path', args.ckpt)} ({where} weights, "
+        f"{precision_name(pipe.dtype)}): {describe(pipe, s)}"
     )
     arr, info = _sample_all(pipe, columns, order, s, args)
     u8 = (arr * 255).round().clip(0, 255).astype(np.uint8)
@@ -477,6 +480,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": src.get("path"),
         "step": src.get("step"),
         "ema": src.get("ema"),
+        "precision": info.get("precision") or precision_name(pipe.dtype),
     }
     out_dir = Path(args.out)
     write_sample_folder(out_dir, u8, [npz_labels[c] for c in order], meta, make_grid(arr, ncol), names, stale)

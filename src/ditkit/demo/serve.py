@@ -47,24 +47,24 @@ def checkpoint_name(path: Path) -> str:
     return path.name
 
 
-def load_pipeline(path: Path, device: str = "auto", precision: str = "fp32", encoder: str | None = None):
+def load_pipeline(path: Path, device: str = "auto", precision: str = "auto", encoder: str | None = None):
     """DiTPipeline.from_pretrained(path) on the device and precision asked for; any failure is one line.
     `encoder`: a spec for ditkit.encoders.load_encoder (embedding models; default: the run's own)."""
     from ..encoders import load_encoder
     from ..pipeline import DiTPipeline
-    from ..runtime import pick_device, precision_dtype, resolve_precision
+    from ..runtime import pick_device, resolve_precision
 
     dev = pick_device(device)
-    dtype = precision_dtype(resolve_precision(precision, dev))
+    resolve_precision(precision, dev)  # a precision the device can't run: one line, before any loading
     enc = load_encoder(encoder) if encoder else None
     try:
-        pipe = DiTPipeline.from_pretrained(path, encoder=enc)
+        pipe = DiTPipeline.from_pretrained(path, encoder=enc, device=dev, precision=precision)
     except (ValueError, FileNotFoundError):
         raise
     except Exception as err:  # a damaged file: name it, never show a traceback
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"{path}: cannot load this checkpoint ({type(err).__name__}: {first})") from None
-    return pipe.to(dev, dtype)
+    return pipe
 
 
 def _free_port(host: str, start: int) -> int | None:

@@ -108,9 +108,9 @@ def resolution(pipe: Any) -> tuple[int, int]:
 
 
 def _precision(dtype: Any) -> str:
-    import torch
+    from ..runtime import precision_name
 
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    return precision_name(dtype)
 
 
 def _conditioning(picker: LabelPicker) -> str:

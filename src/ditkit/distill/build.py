@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .flow_steps import FlowStepsDistillation, is_flow_grid
 from .objectives import GuidanceDistillation, OutputDistillation, ProcessObjective, StepsDistillation
 from .teacher import Teacher, check_student, load_teacher
 
-__all__ = ["build_distill_objective", "check_mode"]
+__all__ = ["STEPS_KINDS", "build_distill_objective", "check_mode"]
+
+# Teacher processes `--mode steps` distils: DDPM (deterministic DDIM) and flow matching (Euler on the ODE).
+STEPS_KINDS = ("ddpm", "flow")
 
 
 def check_mode(mode: str, teacher: Teacher, student: Any) -> None:
@@ -23,9 +27,9 @@ def check_mode(mode: str, teacher: Teacher, student: Any) -> None:
             )
         if not student.guidance_embed:
             raise ValueError("a guidance student needs model.guidance_embed=true (ditkit distill sets it)")
-    if mode == "steps" and teacher.process_kind != "ddpm":
+    if mode == "steps" and teacher.process_kind not in STEPS_KINDS:
         raise ValueError(
-            f"--mode steps needs a teacher with a deterministic DDIM sampler (a DDPM-process model); this "
+            f"--mode steps needs a teacher with a deterministic sampler (a DDPM or flow-matching model); this "
             f"teacher is a {teacher.process_kind!r} model"
         )
 
@@ -69,6 +73,10 @@ def build_distill_objective(
     check_student(model_config, teacher.config)
     check_mode(d.mode, teacher, model_config)
     _check_process(config, teacher)
+    if d.mode == "steps" and teacher.process_kind == "flow":
+        objective: Any = _flow_steps(d, teacher, model_config)
+        objective.init_mode = d.init
+        return objective
     process = getattr(base, "process", None)
     if process is None and teacher.process_kind == "ddpm":
         from ..diffusion import GaussianDiffusion
@@ -81,12 +89,11 @@ def build_distill_objective(
             raise ValueError(f"distilling a {teacher.process_kind!r} teacher needs the trainer's objective")
         base = ProcessObjective(process)
     if d.mode == "output":
-        objective: Any = OutputDistillation(teacher, base, alpha=d.alpha, student_config=model_config)
+        objective = OutputDistillation(teacher, base, alpha=d.alpha, student_config=model_config)
     elif d.mode == "guidance":
         objective = GuidanceDistillation(teacher, base, w_min=d.guidance_min, w_max=d.guidance_max)
     else:
-        if not d.teacher_grid:
-            raise ValueError("distill.teacher_grid is empty; `ditkit distill --mode steps` sets it")
+        _check_teacher_grid(d, flow=False)
         objective = StepsDistillation(
             teacher,
             process,
@@ -98,3 +105,27 @@ def build_distill_objective(
         )
     objective.init_mode = d.init
     return objective
+
+
+def _check_teacher_grid(d: Any, *, flow: bool) -> None:
+    if not d.teacher_grid:
+        raise ValueError("distill.teacher_grid is empty; `ditkit distill --mode steps` sets it")
+    if is_flow_grid(d.teacher_grid) != flow:
+        want, got = ("flow", "DDPM") if flow else ("DDPM", "flow")
+        raise ValueError(
+            f"distill.teacher_grid is a {got} grid but the teacher is a {want} model; rebuild the run with "
+            "`ditkit distill --mode steps` (it picks the teacher's grid)"
+        )
+
+
+def _flow_steps(d: Any, teacher: Teacher, model_config: Any) -> FlowStepsDistillation:
+    """Progressive distillation of a flow teacher (Euler steps on noise levels; no base objective needed)."""
+    _check_teacher_grid(d, flow=True)
+    return FlowStepsDistillation(
+        teacher,
+        list(d.teacher_grid),
+        d.merge,
+        w_min=d.guidance_min,
+        w_max=d.guidance_max,
+        student_guided=bool(model_config.guidance_embed),
+    )

@@ -25,7 +25,8 @@ class DistillSection:
     guidance: the student takes the guidance weight w (uniform in [guidance_min, guidance_max]) as an extra
               input and matches the teacher's classifier-free-guided output in one forward (Meng et al. 2023).
     steps:    progressive distillation (Salimans & Ho 2022): one student DDIM step on `grid` matches `merge`
-              teacher DDIM steps on `teacher_grid` (merge 2 = one halving round).
+              teacher DDIM steps on `teacher_grid` (merge 2 = one halving round); for a flow-matching
+              teacher the steps are Euler steps x + (s' - s) v on noise levels (ditkit.distill.flow_steps).
     """
 
     teacher: str | None = None
@@ -38,9 +39,10 @@ class DistillSection:
     guidance_min: float = 1.0
     guidance_max: float = 4.0
     merge: int = 2  # steps mode: teacher steps per student step
-    # steps mode: the teacher's DDIM grid (descending DDPM timesteps ending at the clean point -1, as
-    # ditkit.sampling.grids builds them) and the student's, every `merge`-th point of it (set by the CLI;
-    # the student's checkpoint records it and sampling uses it by default).
+    # steps mode: the teacher's grid in its sampler's own time (DDPM: descending timesteps ending at the clean
+    # point -1, as ditkit.sampling.grids builds them; flow: noise levels s from 1 down to the clean point 0,
+    # the network seeing 1000 s) and the student's, every `merge`-th point of it (set by the CLI; the
+    # student's checkpoint records it as sample.grid and sampling uses it by default).
     teacher_grid: tuple[float, ...] = ()
     grid: tuple[float, ...] = ()
 
@@ -68,10 +70,10 @@ class DistillSection:
             )
         for name in ("teacher_grid", "grid"):
             grid = [float(t) for t in getattr(self, name)]
-            if grid and (any(b >= a for a, b in zip(grid, grid[1:])) or grid[-1] != -1 or grid[-2] < 0):
+            if grid and not _valid_grid(grid):
                 raise ValueError(
-                    f"distill.{name} must be strictly descending timesteps >= 0 ending at the clean point -1, "
-                    f"got {grid}"
+                    f"distill.{name} must be strictly descending and end at the clean point: DDPM timesteps "
+                    f">= 0 then -1, or flow noise levels in (0, 1] then 0; got {grid}"
                 )
         if self.mode != "steps" and (self.grid or self.teacher_grid):
             raise ValueError(
@@ -92,3 +94,13 @@ class DistillSection:
     @property
     def enabled(self) -> bool:
         return bool(self.teacher)
+
+
+def _valid_grid(grid: list[float]) -> bool:
+    """A DDPM grid (timesteps >= 0, then the clean point -1) or a flow grid (noise levels in (0, 1], then 0),
+    strictly descending, at least two points."""
+    if len(grid) < 2 or any(b >= a for a, b in zip(grid, grid[1:])):
+        return False
+    if grid[-1] == -1:
+        return grid[-2] >= 0
+    return grid[-1] == 0 and grid[0] <= 1

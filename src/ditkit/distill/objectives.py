@@ -6,7 +6,8 @@ with "loss" and "t" (the noise level in [0, 1]).
 call the student once; a capturing wrapper records the student's inputs, the frozen teacher is evaluated on
 exactly those inputs, and the student's raw output is regressed on the teacher's. `steps` draws a point of
 the student's DDIM grid, runs `merge` teacher DDIM steps from there and regresses the student's eps on the
-eps whose single DDIM step lands where the teacher did (ditkit.distill.targets).
+eps whose single DDIM step lands where the teacher did (ditkit.distill.targets); a flow teacher's Euler
+steps are distilled the same way in ditkit.distill.flow_steps.
 """
 
 from __future__ import annotations
