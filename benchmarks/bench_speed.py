@@ -13,6 +13,7 @@ counts 3 x the forward) and share of the measured bf16 matmul peak.
     python benchmarks/bench_speed.py --compile --diffusers # add the compiled and diffusers rows
     python benchmarks/bench_speed.py --memory              # peak RSS of DiT-XL/2 bf16 fwd+bwd, batch 32, +/- checkpointing
     python benchmarks/bench_speed.py --train-default       # `ditkit train` (embedded default) wall time
+    python benchmarks/bench_speed.py --no-table --train-default --compile   # + compiled, cold and warm cache
 
 On CUDA (when a GPU is present) add `--cuda`: DiT-XL/2, 256 px (32x32x4 latents), batch 128, bf16 autocast,
 fused AdamW: steps/s, images/s and model-FLOPs utilisation against the GPU's dense bf16 peak.
@@ -354,17 +355,25 @@ def memory_rows(args) -> None:
         )
 
 
-def train_default_row() -> None:
-    started = time.perf_counter()
-    res = subprocess.run(
-        ["ditkit", "train", "--no-progress", "--output-dir", "/tmp/ditkit-bench-default"],
-        capture_output=True,
-        text=True,
-    )
-    print(
-        f"`ditkit train` (embedded default): {time.perf_counter() - started:.1f} s wall, exit {res.returncode}"
-    )
-    print("\n".join(res.stdout.strip().splitlines()[-4:]))
+def train_default_row(compile_rows: bool = False) -> None:
+    """`ditkit train` (the embedded default) end to end, wall clock; with --compile also compiled, first
+    with an empty inductor cache and then with the cache that run left (the second run of a user)."""
+    import tempfile
+
+    cache = tempfile.mkdtemp(prefix="ditkit-bench-inductor-")
+    rows = [("eager", [])]
+    if compile_rows:
+        rows += [("--compile, cold cache", ["--compile"]), ("--compile, warm cache", ["--compile"])]
+    for k, (label, flags) in enumerate(rows):
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        out = f"/tmp/ditkit-bench-default-{os.getpid()}-{k}"
+        started = time.perf_counter()
+        res = subprocess.run(["ditkit", "train", "--no-progress", "--output-dir", out, *flags],
+                             capture_output=True, text=True, env=env)  # fmt: skip
+        wall = time.perf_counter() - started
+        compiled = [line for line in res.stdout.splitlines() if "torch.compile" in line]
+        note = f" ({compiled[0].split(': ', 1)[-1]})" if compiled else ""
+        print(f"`ditkit train` (embedded default), {label}: {wall:.1f} s wall, exit {res.returncode}{note}")
 
 
 CUDA_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -429,7 +438,9 @@ def main() -> None:
         "--memory", action="store_true", help="peak RSS of a DiT-XL/2 bf16 fwd+bwd +/- checkpointing"
     )
     p.add_argument("--memory-batch", type=int, default=32)
-    p.add_argument("--train-default", action="store_true", help="time `ditkit train` end to end")
+    p.add_argument(
+        "--train-default", action="store_true", help="time `ditkit train` end to end (+ --compile rows)"
+    )
     p.add_argument("--cuda", action="store_true", help="the DiT-XL/2 GPU rows")
     p.add_argument("--cuda-batch", type=int, default=128)
     p.add_argument("--cuda-steps", type=int, default=10)
@@ -440,7 +451,7 @@ def main() -> None:
     if args.memory:
         memory_rows(args)
     if args.train_default:
-        train_default_row()
+        train_default_row(args.compile)
     if args.cuda:
         if not torch.cuda.is_available():
             raise SystemExit("bench_speed: error: --cuda needs a CUDA GPU")

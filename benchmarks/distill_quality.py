@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("/tmp/h8runs"))
-    p.add_argument("--teacher", type=Path, help="a DDPM digits checkpoint (default: `ditkit train digits-ddpm` into OUT)")
+    p.add_argument(
+        "--teacher", type=Path, help="a DDPM digits checkpoint (default: `ditkit train digits-ddpm` into OUT)"
+    )
     p.add_argument("--reuse", action="store_true", help="reuse finished runs in OUT")
     p.add_argument("--half-steps", type=int, default=300)
     p.add_argument("--guidance-steps", type=int, default=150)

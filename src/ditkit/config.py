@@ -2,7 +2,7 @@
 dotted `--set section.key=value` overrides with type checking, and validation.
 
 The dataclass defaults *are* the embedded default (the `digits` recipe), so `RunConfig()` trains a small
-class-conditional DiT on scikit-learn's digits in a few minutes on a laptop CPU. Other recipes
+class-conditional DiT on scikit-learn's digits by flow matching in about a minute on a laptop CPU. Other recipes
 (`ditkit.recipes`) are overrides on top of these defaults.
 
 Every value is a plain int/float/bool/str/None or a tuple of those, so a config round-trips through YAML

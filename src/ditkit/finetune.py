@@ -212,29 +212,17 @@ def check_compatible(source_cfg, target_cfg, path: str, heads_known: bool = True
     raise ValueError(f"--init-from {path}: the source model has {', '.join(diffs)}; {hint}")
 
 
-@torch.no_grad()
-def init_from(
-    net: DiT, path: str | os.PathLike, *, label_names: Any = None, loaded: Any = None
-) -> InitReport:
-    """Copy what fits from the model at `path` into `net` (in place) and report it (see the module docstring).
-
-    `label_names` are the new model's class names: a `ditkit.conditioning.Conditioning`, a list, or a dict
-    attribute -> list. Source weights with NaN/inf are refused, naming the first bad tensor."""
-    from .conditioning import Conditioning
-
-    if isinstance(label_names, Conditioning):
-        label_names = label_names.label_names()
-    loaded = loaded if loaded is not None else load_source(path)
-    source = loaded.model
-    for name, value in source.state_dict().items():
+def _check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    for name, value in state.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ValueError(
                 f"--init-from {path}: non-finite weights (NaN/inf) in key {name!r}; the file is damaged or comes "
                 "from a run that diverged: start from an earlier checkpoint"
             )
-    scfg, tcfg = source.config, net.config
-    check_compatible(scfg, tcfg, str(path), heads_known=loaded.format.startswith("ditkit"))
-    report = InitReport(str(path), loaded.format)
+
+
+def _add_notes(report: InitReport, loaded: Any, scfg, tcfg) -> None:
+    """Differences that do not stop the copy: attention heads, the loader's own notes, block, arithmetic."""
     if scfg.num_heads != tcfg.num_heads and loaded.format.startswith("ditkit"):
         report.notes.append(
             f"the source has {scfg.num_heads} attention heads, this model {tcfg.num_heads}: the weights fit but "
@@ -247,12 +235,29 @@ def init_from(
     if scfg.arithmetic != tcfg.arithmetic:
         report.notes.append(f"the source uses {scfg.arithmetic} arithmetic, this model {tcfg.arithmetic}")
 
-    src_state = source.state_dict()
-    dst_state = net.state_dict()
-    new_state = dict(dst_state)
-    handled: set[str] = set()
 
-    # -- label tables -----------------------------------------------------------------------------------
+def _source_table(
+    k: int, attr: str | None, src_by_attr: dict[str, int], n_src_tables: int, n_dst_tables: int
+) -> int | None:
+    """Which source label table feeds table k of the new model: same attribute name, else same position."""
+    if attr is not None and attr in src_by_attr:
+        return src_by_attr[attr]
+    if n_src_tables == n_dst_tables:
+        return k
+    return None
+
+
+def _copy_label_tables(
+    net: DiT,
+    loaded: Any,
+    label_names: Any,
+    src_state: dict[str, torch.Tensor],
+    new_state: dict[str, torch.Tensor],
+    report: InitReport,
+) -> set[str]:
+    """Adapt each label table of `net` from the source's (into `new_state`); the keys handled."""
+    source, dst_state = loaded.model, net.state_dict()
+    handled: set[str] = set()
     src_tables, dst_tables = _label_tables(source), _label_tables(net)
     if dst_tables:
         src_names = _attribute_names(
@@ -264,12 +269,7 @@ def init_from(
         src_by_attr = {a: k for k, (a, _) in enumerate(src_names) if a is not None}
         for k, (key, n_dst) in enumerate(dst_tables):
             attr, names = dst_names[k] if k < len(dst_names) else (None, None)
-            if attr is not None and attr in src_by_attr:
-                j = src_by_attr[attr]
-            elif len(src_tables) == len(dst_tables):
-                j = k
-            else:
-                j = None
+            j = _source_table(k, attr, src_by_attr, len(src_tables), len(dst_tables))
             label = f"{key}" + (f" ({attr})" if attr else "")
             if j is None or j >= len(src_tables):
                 what = (
@@ -288,8 +288,8 @@ def init_from(
                 names,
                 n_src,
                 n_dst,
-                scfg.has_null_label,
-                tcfg.has_null_label,
+                source.config.has_null_label,
+                net.config.has_null_label,
             )
             new_state[key] = table
             shapes = f"{_shape(src_state[skey])} -> {_shape(dst_state[key])}"
@@ -303,10 +303,33 @@ def init_from(
             handled.add(skey)
     for skey, _ in src_tables:
         handled.add(skey)
+    return handled
 
-    # -- everything else ------------------------------------------------------------------------------
+
+def _why_initialised(key: str, src: torch.Tensor, dst: torch.Tensor, scfg, tcfg) -> str:
+    """The report's reason for keeping a tensor whose shape differs at the new model's own init."""
+    if key == "pos_embed":
+        return f"{_shape(src)} -> {_shape(dst)}: new token grid " + (
+            "(its own sin-cos table)" if tcfg.pos_embed == "sincos" else "(fresh learned table)"
+        )
+    if key.startswith("x_embedder."):
+        return f"{_shape(src)} -> {_shape(dst)}: {scfg.in_channels} -> {tcfg.in_channels} input channels"
+    return f"shape {_shape(src)} in the source, {_shape(dst)} here"
+
+
+def _copy_rest(
+    net: DiT,
+    source: DiT,
+    src_state: dict[str, torch.Tensor],
+    new_state: dict[str, torch.Tensor],
+    handled: set[str],
+    report: InitReport,
+) -> None:
+    """Every tensor but the label tables: copied when the shape matches, the output layer adapted between
+    learn_sigma and not, the rest left at the new model's init."""
+    scfg, tcfg = source.config, net.config
     p = tcfg.patch_size
-    for key, dst in dst_state.items():
+    for key, dst in net.state_dict().items():
         if key in handled:
             continue
         src = src_state.get(key)
@@ -329,15 +352,32 @@ def init_from(
                     )
                 )
                 continue
-        if key == "pos_embed":
-            why = f"{_shape(src)} -> {_shape(dst)}: new token grid " + (
-                "(its own sin-cos table)" if tcfg.pos_embed == "sincos" else "(fresh learned table)"
-            )
-        elif key.startswith("x_embedder."):
-            why = f"{_shape(src)} -> {_shape(dst)}: {scfg.in_channels} -> {tcfg.in_channels} input channels"
-        else:
-            why = f"shape {_shape(src)} in the source, {_shape(dst)} here"
-        report.initialised.append((key, why))
+        report.initialised.append((key, _why_initialised(key, src, dst, scfg, tcfg)))
+
+
+@torch.no_grad()
+def init_from(
+    net: DiT, path: str | os.PathLike, *, label_names: Any = None, loaded: Any = None
+) -> InitReport:
+    """Copy what fits from the model at `path` into `net` (in place) and report it (see the module docstring).
+
+    `label_names` are the new model's class names: a `ditkit.conditioning.Conditioning`, a list, or a dict
+    attribute -> list. Source weights with NaN/inf are refused, naming the first bad tensor."""
+    from .conditioning import Conditioning
+
+    if isinstance(label_names, Conditioning):
+        label_names = label_names.label_names()
+    loaded = loaded if loaded is not None else load_source(path)
+    source = loaded.model
+    src_state = source.state_dict()
+    _check_finite(src_state, path)
+    check_compatible(source.config, net.config, str(path), heads_known=loaded.format.startswith("ditkit"))
+    report = InitReport(str(path), loaded.format)
+    _add_notes(report, loaded, source.config, net.config)
+    dst_state = net.state_dict()
+    new_state = dict(dst_state)
+    handled = _copy_label_tables(net, loaded, label_names, src_state, new_state, report)
+    _copy_rest(net, source, src_state, new_state, handled, report)
     report.ignored = sorted(k for k in src_state if k not in dst_state and k not in handled)
     net.load_state_dict(new_state, strict=True)
     return report

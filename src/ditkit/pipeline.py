@@ -13,15 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from . import pipeline_inputs as inputs
+from . import pipeline_io
 from .diffusion import GaussianDiffusion
 from .models import DiT
+from .pipeline_output import OUTPUT_TYPES, decode_output, numpy_to_pil
 from .runtime import precision_name
-from .sampling import randn
+from .sampling.run import SamplingRequest, run_sampling
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+__all__ = ["OUTPUT_TYPES", "DiTPipeline", "ImagePipelineOutput", "numpy_to_pil"]
 
 
 @dataclass
@@ -62,7 +64,7 @@ class DiTPipeline:
                 "with ditkit.load_model(path) or DiTPipeline.from_pretrained(path)"
             )
         self.transformer = transformer.eval()
-        self.vae = _as_codec(vae)
+        self.vae = pipeline_io.as_codec(vae)
         if self.vae is not None:
             from .codecs import check_codec_compat
 
@@ -71,18 +73,7 @@ class DiTPipeline:
         self._label_map = None
         cfg = transformer.config
         # Multi-attribute models: one ordered list of class names per attribute, e.g. {"genre": [...], ...}.
-        self.attributes = None
-        if attributes:
-            if not cfg.multi_label or len(attributes) != len(cfg.label_sizes):
-                raise ValueError(
-                    f"attributes name {len(attributes)} label sets but the model has label sizes {cfg.label_sizes}"
-                )
-            for (attr, names), size in zip(attributes.items(), cfg.label_sizes):
-                if len(names) != size:
-                    raise ValueError(
-                        f"attribute {attr!r} has {len(names)} names but the model has {size} classes"
-                    )
-            self.attributes = {str(k): [str(n) for n in v] for k, v in attributes.items()}
+        self.attributes = inputs.check_attributes(cfg, attributes)
         self._attribute_maps: dict[str, Any] = {}
         # Embedding-conditioned models: an encoder (encode_image / encode_text) turns prompts into conditions.
         self.encoder = encoder
@@ -165,30 +156,6 @@ class DiTPipeline:
         sequences (one entry per attribute, None = free) or an (N, K) tensor."""
         return self.conditioning.rows(class_labels)
 
-    def _embedding_condition(self, condition: Any, prompt: Any, image: Any) -> torch.Tensor:
-        cfg = self.transformer.config
-        given = [v is not None for v in (condition, prompt, image)]
-        if sum(given) != 1:
-            raise ValueError(
-                "this model is conditioned on an embedding: pass exactly one of condition=, prompt=, image="
-            )
-        if condition is not None:
-            cond = torch.as_tensor(condition, dtype=torch.float32)
-        else:
-            if self.encoder is None:
-                raise ValueError(
-                    "prompts and images need an encoder: DiTPipeline(..., encoder=...) or --encoder"
-                )
-            if prompt is not None:
-                cond = self.encoder.encode_text([prompt] if isinstance(prompt, str) else list(prompt))
-            else:
-                cond = self.encoder.encode_image(_images_to_tensor(image))
-        if cond.ndim != 2 or cond.shape[1] != cfg.cond_dim:
-            raise ValueError(
-                f"the condition has shape {tuple(cond.shape)}; this model expects (N, {cfg.cond_dim}) embeddings"
-            )
-        return cond.float()
-
     # -- devices ------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -233,58 +200,23 @@ class DiTPipeline:
         """
         from .io import load_any
 
-        if precision is not None:
-            from .runtime import pick_device, precision_dtype, resolve_precision
-
-            if dtype is not None:
-                raise ValueError("pass dtype= or precision=, not both")
-            device = pick_device(str(device) if device is not None else "auto")
-            dtype = precision_dtype(resolve_precision(precision, device))
-
+        device, dtype = pipeline_io.device_and_dtype(device, dtype, precision)
         loaded = load_any(path, use_ema=use_ema, family=family)
-        extra = loaded.extra or {}
-        if vae is None and loaded.vae_path is not None:
-            vae = loaded.vae_path
-        run = extra.get("run_config") or {}  # a ditkit training checkpoint's resolved config
-        proc = run.get("process") or extra.get("process") or {}
-        process = flow_process = None
-        if proc.get("kind", "ddpm") == "flow":
-            flow_process = dict(proc)
-        elif proc:
-            process = GaussianDiffusion.from_schedule(
-                proc.get("schedule", "linear"),
-                proc.get("num_timesteps", 1000),
-                learn_sigma=loaded.config.learn_sigma,
-            )
-        if vae is None and (run.get("data") or {}).get("vae"):
-            vae = run["data"]["vae"]  # latent run: the VAE it was trained with
-        if encoder is None and (run.get("model") or {}).get("encoder"):
-            from .encoders import load_encoder
-
-            encoder = load_encoder(run["model"]["encoder"])
-        if isinstance(guide_model, (str, os.PathLike)):
-            guide_model = load_any(guide_model, use_ema=use_ema, family=family).model
+        run = pipeline_io.run_config(loaded)
+        process, flow_process = pipeline_io.processes(loaded, run)
         pipe = cls(
             loaded.model,
-            vae=vae,
+            vae=vae if vae is not None else pipeline_io.default_vae(loaded, run),
             id2label=loaded.id2label,
-            attributes=loaded.attributes or extra.get("attributes"),
-            encoder=encoder,
+            attributes=loaded.attributes or (loaded.extra or {}).get("attributes"),
+            encoder=encoder if encoder is not None else pipeline_io.default_encoder(run),
             process=process,
-            guide_model=guide_model,
+            guide_model=pipeline_io.load_guide_model(guide_model, use_ema, family),
             flow_process=flow_process,
         )
         pipe.sample_defaults = dict(run.get("sample") or {})
-        recorded = pipe.sample_defaults.get("grid") or (run.get("distill") or {}).get("grid")
-        pipe.sample_grid = [float(v) for v in recorded] if recorded else None
-        pipe.source = {
-            "path": str(path),
-            "format": loaded.format,
-            "step": extra.get("step"),
-            "ema": bool(use_ema and loaded.has_ema is not False),
-            "image_size": (run.get("data") or {}).get("image_size"),
-            "notes": list(loaded.notes),
-        }
+        pipe.sample_grid = pipeline_io.sample_grid(pipe.sample_defaults, run)
+        pipe.source = pipeline_io.source_info(path, loaded, use_ema, run)
         if device is not None or dtype is not None:
             pipe.to(device, dtype)
         return pipe
@@ -293,10 +225,8 @@ class DiTPipeline:
         """Write a ditkit pipeline folder (transformer.safetensors with its config, label names, vae/)."""
         from .io import save_ditkit_pipeline
 
-        extra = {"attributes": self.attributes} if self.attributes else {}
-        if self.flow_process:
-            extra["process"] = dict(self.flow_process)
-        return save_ditkit_pipeline(path, self.transformer, self.id2label, vae=self.vae, extra=extra or None)
+        extra = pipeline_io.folder_extra(self.attributes, self.flow_process)
+        return save_ditkit_pipeline(path, self.transformer, self.id2label, vae=self.vae, extra=extra)
 
     # -- sampling -----------------------------------------------------------------------------------
     @property
@@ -324,45 +254,30 @@ class DiTPipeline:
     def _condition(self, class_labels, condition, prompt, image, num_images, latents):
         """(cond, null, ids, n) for the model's kind of conditioning."""
         cfg = self.transformer.config
-        device = self.device
         if cfg.cond_dim:
             if class_labels is not None:
                 raise ValueError(
                     "this model is conditioned on embeddings: pass condition=, prompt= or image="
                 )
-            y = self._embedding_condition(condition, prompt, image).to(device)
+            y = inputs.embedding_condition(cfg, self.encoder, condition, prompt, image).to(self.device)
             return y, torch.zeros_like(y), None, y.shape[0]
         if cfg.label_sizes:
-            if class_labels is None:
-                raise ValueError("this model is class-conditional: pass class_labels (ids or names)")
-            if cfg.multi_label:
-                ids = self._multi_ids(class_labels)
-                y = torch.tensor(ids, dtype=torch.long, device=device).view(-1, len(cfg.label_sizes))
-                null = torch.tensor(cfg.label_sizes, dtype=torch.long, device=device).expand_as(y)
-            else:
-                ids = self._class_ids(class_labels)
-                y = torch.tensor(ids, dtype=torch.long, device=device)
-                null = cfg.null_label
-            if not ids:
-                raise ValueError("nothing to sample: class_labels is empty")
-            return y, null, ids, len(ids)
-        if class_labels is not None:
-            raise ValueError("this model is unconditional: pass num_images=N instead of class_labels")
-        n = num_images if num_images is not None else (latents.shape[0] if latents is not None else 1)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"num_images must be a positive integer, got {n!r}")
-        return None, None, None, n
+            return inputs.label_condition(self.conditioning, cfg, class_labels, self.device)
+        return None, None, None, inputs.unconditional_count(class_labels, num_images, latents)
 
-    def _initial_noise(self, n: int, generator: Any, latents: torch.Tensor | None) -> torch.Tensor:
-        cfg = self.transformer.config
-        shape = (n, cfg.in_channels, cfg.input_size, cfg.input_size)
-        if latents is None:
-            if isinstance(generator, (list, tuple)) and len(generator) != n:
-                raise ValueError(f"got {len(generator)} generators for {n} images; pass one per image")
-            return randn(shape, generator, device=self.device)
-        if tuple(latents.shape) != shape:
-            raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
-        return latents.to(device=self.device, dtype=torch.float32)
+    def _timesteps(self, timesteps: Any, scheduler: Any, spacing: Any, sampler: str, steps: Any) -> Any:
+        """The call's explicit grid; else, when it asks for no spacing or scheduler either, the grid the
+        checkpoint records if the call samples as recorded (same sampler, default or matching step count)."""
+        if timesteps is not None or scheduler is not None or spacing is not None:
+            return timesteps
+        recorded = self.sample_grid
+        if (
+            recorded
+            and sampler == self.sample_defaults.get("sampler", sampler)
+            and steps in (None, len(recorded) - 1)
+        ):
+            return recorded
+        return None
 
     @torch.no_grad()
     def __call__(
@@ -418,26 +333,10 @@ class DiTPipeline:
         The output's `.info` records sampler, steps, guidance, interval, grid, nfe and precision. A sample
         with NaN/inf raises a ValueError (naming a non-finite weight when there is one).
         """
-        from .sampling.run import SamplingRequest, run_sampling
-
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
-        if scheduler is None:
-            from .sampling import get_sampler
-
-            get_sampler(sampler)  # unknown names fail before any work
+        inputs.check_call(output_type, sampler, scheduler)
         y, null, ids, n = self._condition(class_labels, condition, prompt, image, num_images, latents)
-        x = self._initial_noise(n, generator, latents)
-        recorded = self.sample_grid
-        if (
-            timesteps is None
-            and recorded
-            and scheduler is None
-            and grid_spacing is None
-            and sampler == self.sample_defaults.get("sampler", sampler)
-            and num_inference_steps in (None, len(recorded) - 1)
-        ):
-            timesteps = recorded
+        x = inputs.initial_noise(self.transformer.config, n, generator, latents, self.device)
+        timesteps = self._timesteps(timesteps, scheduler, grid_spacing, sampler, num_inference_steps)
         request = SamplingRequest(
             make_denoiser=lambda net, cond, counter: self.make_denoiser(net, cond, counter, variance_type),
             network=self.transformer,
@@ -458,70 +357,10 @@ class DiTPipeline:
             progress=progress,
         )
         out, info = run_sampling(request, x, generator)
+        return self._output(out, info, ids, output_type, return_dict)
+
+    def _output(self, out: torch.Tensor, info: dict, ids: Any, output_type: str, return_dict: bool) -> Any:
+        """The call's result: the decoded images, with the labels and the info (plus the precision)."""
         info["precision"] = precision_name(self.dtype)
-        images = self._decode(out, output_type)
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images, labels=ids, info=info)
-
-    def _decode(self, out: torch.Tensor, output_type: str) -> Any:
-        if output_type == "latent":
-            return out
-        decoded = self.vae.decode(out) if self.vae is not None else out
-        pt = (decoded.float() / 2 + 0.5).clamp(0, 1)  # (N, C, H, W) in [0, 1]
-        if output_type == "pt":
-            return pt
-        images = _to_numpy(pt)
-        return numpy_to_pil(images) if output_type == "pil" else images
-
-
-def _images_to_tensor(image: Any) -> torch.Tensor:
-    """PIL images / arrays / tensors -> (N, 3, H, W) float in [-1, 1] (tensors are taken as already scaled)."""
-    if isinstance(image, torch.Tensor):
-        return image if image.ndim == 4 else image.unsqueeze(0)
-    items = image if isinstance(image, (list, tuple)) else [image]
-    out = []
-    for item in items:
-        arr = np.asarray(item.convert("RGB") if hasattr(item, "convert") else item, dtype=np.float32)
-        if arr.ndim == 2:
-            arr = np.stack([arr] * 3, axis=-1)
-        out.append(torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1))
-    sizes = {tuple(t.shape) for t in out}
-    if len(sizes) > 1:
-        raise ValueError(f"images of different sizes {sorted(sizes)}; resize them to one size first")
-    return torch.stack(out)
-
-
-def _to_numpy(pt: torch.Tensor) -> np.ndarray:
-    return pt.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)  # (N, H, W, C)
-
-
-def numpy_to_pil(images: np.ndarray) -> list:
-    """N×H×W×C floats in [0, 1] -> PIL images (mode L for one channel, RGB for three; other channel
-    counts are refused rather than shown as RGBA or garbage)."""
-    from PIL import Image
-
-    channels = images.shape[-1]
-    if channels not in (1, 3):
-        raise ValueError(
-            f"{channels}-channel images have no PIL mode (1 = grayscale, 3 = RGB); a {channels}-channel "
-            "model usually works in a VAE's latent space: pass vae= (a local AutoencoderKL folder), or ask "
-            "for output_type='np', 'pt' or 'latent'"
-        )
-    arr = (images * 255).round().clip(0, 255).astype(np.uint8)
-    if arr.shape[-1] == 1:
-        return [Image.fromarray(a[..., 0], mode="L") for a in arr]
-    return [Image.fromarray(a) for a in arr]
-
-
-def _as_codec(vae: Any) -> Any:
-    """None stays None (pixel space); paths and diffusers AutoencoderKL become a VAECodec."""
-    if vae is None:
-        return None
-    from . import codecs
-
-    if isinstance(vae, (str, os.PathLike)):
-        return codecs.VAECodec.from_pretrained(vae)
-    if hasattr(vae, "decode") and hasattr(vae, "encode") and hasattr(vae, "scaling_factor"):
-        return vae  # already a codec
-    return codecs.VAECodec(vae)
+        images = decode_output(out, output_type, self.vae)
+        return ImagePipelineOutput(images=images, labels=ids, info=info) if return_dict else (images,)

@@ -19,9 +19,11 @@ attribute left out is left free; several values of one attribute give one column
 from __future__ import annotations
 
 import argparse
-import itertools
 from pathlib import Path
 from typing import Any
+
+from .sample_columns import grid_columns
+from .sample_outputs import print_columns, print_outputs, sample_all, sample_meta, to_uint8_rgb
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -49,8 +51,6 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ditkit.sampling import DDPM_SPACINGS, sampler_names
-
     p = sub.add_parser(
         "sample",
         help="sample images from a checkpoint (grid.png, PNGs, samples.npz)",
@@ -60,6 +60,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ckpt", default="runs", help="checkpoint, run folder, runs folder or model folder (default: ./runs)"
     )
+    _add_condition_flags(p)
+    _add_sampling_flags(p)
+    _add_output_flags(p)
+    p.set_defaults(run=run)
+
+
+def _add_condition_flags(p: argparse.ArgumentParser) -> None:
+    """What to condition on, and the encoder and VAE to use."""
     p.add_argument(
         "--labels", nargs="+", metavar="LABEL", help="class ids or names (default: every class, up to 16)"
     )
@@ -86,6 +94,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--family", choices=["dit", "sit"], default=None, help="model family of --ckpt (sit: SiT .pt)"
     )
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """Images per label, guidance, sampler, steps, grid and seed."""
+    from ditkit.sampling import DDPM_SPACINGS, sampler_names
+
     p.add_argument(
         "--num-per-label",
         type=int,
@@ -117,6 +131,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"timestep grid of DDPM models: {', '.join(DDPM_SPACINGS)} (default: the sampler's own)",
     )
     p.add_argument("--seed", type=int, default=None, metavar="N")
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Output folder, weights, batching, device and precision, and sampling at scale (--num)."""
     p.add_argument("--out", default="samples", metavar="DIR", help="output folder (default ./samples)")
     p.add_argument("--no-ema", action="store_true", help="use the raw training weights instead of the EMA")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward batch")
@@ -149,7 +167,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --num: labels drawn at random, or the same number of images per class",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run=run)
 
 
 def build_pipeline(args: argparse.Namespace):
@@ -223,153 +240,6 @@ def settings(pipe, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-# -- names -> ids -------------------------------------------------------------------------------------
-def _single_ids(pipe, requested: list[str]) -> list[int]:
-    n = pipe.transformer.config.num_classes
-    names = [pipe.id2label.get(i, "") for i in range(n)] if pipe.id2label else None
-    ids = []
-    for item in requested:
-        text = item
-        if "=" in item and not (names and any(item.casefold() == x.casefold() for x in names)):
-            text = item.split("=", 1)[1]  # "class=cat" -> "cat"
-        ids.append(pipe.conditioning.attribute_id(0, text.strip()))
-    return ids
-
-
-def _multi_rows(pipe, requested: list[str]) -> list[tuple[int | None, ...]]:
-    """Cross product of the values given per attribute (None: the attribute is left free)."""
-    cfg = pipe.transformer.config
-    attrs = list(pipe.attributes) if pipe.attributes else [f"attr{k}" for k in range(len(cfg.label_sizes))]
-    lower = {a.casefold(): k for k, a in enumerate(attrs)}
-    chosen: dict[int, list[int]] = {}
-    for item in requested:
-        if "=" not in item:
-            raise ValueError(
-                f"label {item!r}: this model has several attributes ({', '.join(attrs)}); pass ATTR=NAME, e.g. "
-                f"--label {attrs[0]}=..."
-            )
-        attr, value = (s.strip() for s in item.split("=", 1))
-        k = lower.get(attr.casefold())
-        if k is None:
-            raise ValueError(f"unknown attribute {attr!r}; this model has {', '.join(attrs)}")
-        idx = pipe.conditioning.attribute_id(k, value)
-        if idx not in chosen.setdefault(k, []):
-            chosen[k].append(idx)
-    missing = [attrs[k] for k in range(len(attrs)) if k not in chosen]
-    if missing and not cfg.has_null_label:
-        raise ValueError(
-            f"this model was trained without label dropout, so every attribute needs a value; missing: "
-            f"{', '.join(missing)}"
-        )
-    options = [chosen.get(k, [None]) for k in range(len(attrs))]
-    return [tuple(row) for row in itertools.product(*options)]
-
-
-def _read_condition_images(paths: list[str], size: int):
-    import torch
-
-    from ditkit.data.images import UnreadableImage, decode_image, to_model_space
-
-    out = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"--image {p}: no such file")
-        try:
-            arr, _ = decode_image(p, size)
-        except UnreadableImage as err:
-            raise ValueError(f"--image {p}: not a readable image ({err})") from None
-        out.append(to_model_space(arr))
-    return torch.stack(out)
-
-
-def _columns(pipe, args, image_size: int | None) -> tuple[list[dict[str, Any]], list[str], list[Any]]:
-    """(pipeline kwargs per column, file tag per column, npz label per column)."""
-    import torch
-
-    cfg = pipe.transformer.config
-    labels = [*(args.labels or []), *args.label]
-    wants_embedding = bool(args.prompt or args.image)
-    if cfg.cond_dim:
-        if labels:
-            raise ValueError(
-                "this model is conditioned on embeddings: pass --prompt TEXT or --image PATH, not labels"
-            )
-        if not wants_embedding:
-            raise ValueError("this model is conditioned on embeddings: pass --prompt TEXT or --image PATH")
-        if pipe.encoder is None:
-            raise ValueError("prompts and images need an encoder: pass --encoder SPEC (e.g. toy:64)")
-        conds = []
-        if args.prompt:
-            conds.append(pipe.encoder.encode_text(list(args.prompt)).float())
-        if args.image:
-            images = _read_condition_images(args.image, image_size or 256)
-            conds.append(pipe.encoder.encode_image(images).float())
-        cond = torch.cat(conds).cpu()
-        if cond.shape[1] != cfg.cond_dim:
-            raise ValueError(
-                f"the encoder gives {cond.shape[1]}-wide embeddings but this model expects {cfg.cond_dim}; use the "
-                "encoder the model was trained with"
-            )
-        tags = [f"p{k}" for k in range(len(args.prompt))] + [f"i{k}" for k in range(len(args.image))]
-        return [{"condition": c[None]} for c in cond], tags, list(range(len(tags)))
-    if wants_embedding:
-        what = "class labels" if cfg.label_sizes else "nothing (unconditional)"
-        raise ValueError(
-            f"this model is conditioned on {what}; --prompt/--image need a model trained with an encoder "
-            "(model.encoder)" + ("; use --label/--labels" if cfg.label_sizes else "")
-        )
-    if not cfg.label_sizes:
-        if labels:
-            raise ValueError("this model is unconditional; drop --labels")
-        return [{}], [""], [-1]
-    if cfg.multi_label:
-        if labels:
-            rows = _multi_rows(pipe, labels)
-        else:  # like the training grid: the first attribute's classes, the others free
-            free = None if cfg.has_null_label else 0
-            rest = (free,) * (len(cfg.label_sizes) - 1)
-            rows = [(i, *rest) for i in range(min(cfg.label_sizes[0], 8))]
-        nulls = cfg.label_sizes
-        tags = ["-".join("x" if v is None else str(v) for v in row) for row in rows]
-        arrs = [[nulls[k] if v is None else v for k, v in enumerate(row)] for row in rows]
-        return [{"class_labels": [list(row)]} for row in rows], tags, arrs
-    n = cfg.num_classes
-    ids = _single_ids(pipe, labels) if labels else (list(range(n)) if n <= 16 else list(range(8)))
-    return [{"class_labels": [i]} for i in ids], [str(i) for i in ids], ids
-
-
-def _sample_all(pipe, columns: list[dict[str, Any]], order: list[int], s: dict[str, Any], args) -> tuple:
-    """(images N×H×W×C in [0, 1], the pipeline's info of the last batch) with one generator per image."""
-    import numpy as np
-    import torch
-
-    cfg = pipe.transformer.config
-    images, info = [], {}
-    for start in range(0, len(order), args.batch_size):
-        chunk = order[start : start + args.batch_size]
-        gens = [torch.Generator().manual_seed(s["seed"] * 1_000_003 + start + i) for i in range(len(chunk))]
-        if cfg.cond_dim:
-            kwargs: dict[str, Any] = {"condition": torch.cat([columns[c]["condition"] for c in chunk])}
-        elif cfg.label_sizes:
-            kwargs = {"class_labels": [columns[c]["class_labels"][0] for c in chunk]}
-        else:
-            kwargs = {"num_images": len(chunk)}
-        out = pipe(
-            **kwargs,
-            num_inference_steps=s["steps"],
-            guidance_scale=s["guidance_scale"],
-            guidance_interval=s["guidance_interval"],
-            generator=gens,
-            output_type="np",
-            sampler=s["sampler"],
-            grid_spacing=s["grid"],
-            progress=not args.no_progress,
-        )
-        images.append(out.images)
-        info = out.info
-    return np.concatenate(images), info
-
-
 def describe(pipe, s: dict[str, Any]) -> str:
     """The header's sampler and guidance part, e.g. "dpm++2m, 20 steps ('uniform' grid), guidance 1.5"."""
     from ditkit.sampling import get_sampler
@@ -417,16 +287,8 @@ def _run_npz(pipe, s: dict[str, Any], args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ditkit.sampling.outputs import previous_outputs, write_sample_folder
-    from ditkit.train.monitor import make_grid
-
-    _check_flags(args)
-    stale = previous_outputs(args.out)  # refuse a foreign folder before any work
-    pipe = build_pipeline(args)
-    s = settings(pipe, args)
+def _check_model(pipe, s: dict[str, Any]) -> None:
+    """Refuse more steps than a DDPM model's timesteps, and latents with no VAE to decode them."""
     limit = pipe.process.num_timesteps if not pipe.is_flow else None
     if limit is not None and s["steps"] > limit:
         raise ValueError(
@@ -438,13 +300,12 @@ def run(args: argparse.Namespace) -> int:
             f"this model has {channels} input channels and no VAE to decode them into images; pass --vae PATH "
             "(a local AutoencoderKL folder, e.g. sd-vae-ft-ema)"
         )
-    if args.num is not None:
-        return _run_npz(pipe, s, args)
-    columns, tags, npz_labels = _columns(pipe, args, pipe.source.get("image_size"))
-    cfg = pipe.transformer.config
-    conditional = bool(cfg.label_sizes) or bool(cfg.cond_dim)
-    order = [c for _ in range(s["num_per_label"]) for c in range(len(columns))]
-    ncol = len(columns) if conditional else min(8, len(order))
+
+
+def _header(pipe, s: dict[str, Any], count: int, args: argparse.Namespace) -> str:
+    """The line printed before sampling: how many images, from which weights, at which precision, how."""
+    from ditkit.runtime import precision_name
+
     src = pipe.source
     where = ", ".join(
         x
@@ -454,47 +315,43 @@ def run(args: argparse.Namespace) -> int:
         )
         if x
     )
-    from ditkit.runtime import precision_name
-
-    print(
-        f"sampling {len(order)} images from {src.get('path', args.ckpt)} ({where} weights, "
+    return (
+        f"sampling {count} images from {src.get('path', args.ckpt)} ({where} weights, "
         f"{precision_name(pipe.dtype)}): {describe(pipe, s)}"
     )
-    arr, info = _sample_all(pipe, columns, order, s, args)
-    u8 = (arr * 255).round().clip(0, 255).astype(np.uint8)
-    if u8.shape[-1] == 1:
-        u8 = np.repeat(u8, 3, axis=-1)
+
+
+def _run_folder(pipe, s: dict[str, Any], args: argparse.Namespace, stale) -> int:
+    """Sample --num-per-label images per column into --out: grid.png, one PNG per image, samples.npz."""
+    from ditkit.sampling.outputs import write_sample_folder
+    from ditkit.train.monitor import make_grid
+
+    columns, tags, npz_labels = grid_columns(pipe, args, pipe.source.get("image_size"))
+    cfg = pipe.transformer.config
+    conditional = bool(cfg.label_sizes) or bool(cfg.cond_dim)
+    order = [c for _ in range(s["num_per_label"]) for c in range(len(columns))]
+    ncol = len(columns) if conditional else min(8, len(order))
+    print(_header(pipe, s, len(order), args))
+    arr, info = sample_all(pipe, columns, order, s, args)
+    u8 = to_uint8_rgb(arr)
     names = [f"{i:06d}_{tags[c]}.png" if tags[c] else f"{i:06d}.png" for i, c in enumerate(order)]
-    meta = {
-        "sampler": info.get("sampler", s["sampler"]),
-        "steps": s["steps"],
-        "guidance_scale": s["guidance_scale"],
-        "guidance": s["guidance"],
-        "guidance_interval": list(s["guidance_interval"])
-        if s["guidance"] and s["guidance_interval"]
-        else None,
-        "grid": info.get("grid"),
-        "spacing": info.get("spacing"),
-        "nfe": info.get("nfe"),
-        "seed": s["seed"],
-        "checkpoint": src.get("path"),
-        "step": src.get("step"),
-        "ema": src.get("ema"),
-        "precision": info.get("precision") or precision_name(pipe.dtype),
-    }
+    meta = sample_meta(pipe, s, info)
     out_dir = Path(args.out)
     write_sample_folder(out_dir, u8, [npz_labels[c] for c in order], meta, make_grid(arr, ncol), names, stale)
-    print(f"grid        {out_dir / 'grid.png'}")
-    print(f"images      {out_dir}/{names[0]} ... ({len(names)} PNGs)")
-    print(
-        f"arrays      {out_dir / 'samples.npz'} (arr_0 uint8 {tuple(u8.shape)}, arr_1 int64 labels, meta JSON)"
-    )
+    print_outputs(out_dir, names, u8.shape)
     if cfg.multi_label and pipe.attributes:
-        attrs = list(pipe.attributes)
-        for tag, col in zip(tags, columns):
-            row = col["class_labels"][0]
-            shown = ", ".join(
-                f"{a}={'(free)' if v is None else pipe.attributes[a][v]}" for a, v in zip(attrs, row)
-            )
-            print(f"column {tag:<12} {shown}")
+        print_columns(pipe, tags, columns)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from ditkit.sampling.outputs import previous_outputs
+
+    _check_flags(args)
+    stale = previous_outputs(args.out)  # refuse a foreign folder before any work
+    pipe = build_pipeline(args)
+    s = settings(pipe, args)
+    _check_model(pipe, s)
+    if args.num is not None:
+        return _run_npz(pipe, s, args)
+    return _run_folder(pipe, s, args, stale)

@@ -1,7 +1,7 @@
 """`ditkit train [CONFIG] [--set key=value ...] [--dry-run] [--resume PATH|auto]`.
 
-With no arguments it trains the embedded default: a small DiT on scikit-learn's digits, on the CPU, in a few
-minutes, then prints where the checkpoint and the sample grid are. Works unchanged under
+With no arguments it trains the embedded default: a small DiT on scikit-learn's digits by flow matching, on
+the CPU, in about a minute, then prints where the checkpoint and the sample grid are. Works unchanged under
 `torchrun --nproc_per_node=N`.
 
 Your data: `--data PATH` takes a folder with one subfolder per class, a folder of images with a CSV/JSONL
@@ -41,7 +41,7 @@ FLAGS = {
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a DiT (no arguments: the embedded digits default, a few minutes on a CPU)",
+        help="train a DiT (no arguments: the embedded digits default, about a minute on a CPU)",
         description=__doc__.split("\n\n")[1],
     )
     p.add_argument(
@@ -125,7 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--process",
         metavar="KIND",
-        help="what the network is trained for: ddpm (default, DiT's loss) or flow (flow matching)",
+        help="what the network is trained for: flow (flow matching; the digits default) or ddpm (DiT's "
+        "process and loss; every other recipe)",
     )
     g.add_argument(
         "--compile", action="store_true", help="torch.compile the network (eager without a compiler)"

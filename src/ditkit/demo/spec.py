@@ -136,7 +136,7 @@ def build_spec(pipe: Any, name: str, bounds: Bounds | None = None) -> DemoSpec:
         min(bounds.max_steps, int(num_timesteps)) if kind == "ddpm" and num_timesteps else bounds.max_steps
     )
     default_steps = {k: min(v, max_steps) for k, v in samplers.items()}
-    # A ditkit run records how it samples (e.g. the digits default: ddpm, 100 steps, guidance 1.5): start there.
+    # A ditkit run records how it samples (e.g. the digits default: dpm++2m, 10 steps, guidance 1.5): start there.
     run = getattr(pipe, "sample_defaults", None) or {}
     default_sampler = DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else next(iter(samplers))
     if run.get("sampler") in samplers:

@@ -74,7 +74,7 @@ class TrainerPage:
             gr.Markdown("## ditkit demo")
             gr.Markdown(
                 f"No checkpoint given and no run under `{self.output_dir}/`. Train the embedded default (a small "
-                "DiT on scikit-learn's digits, a few minutes on a CPU), and the demo serves it when it is done."
+                "DiT on scikit-learn's digits, about a minute on a CPU), and the demo serves it when it is done."
             )
             button = gr.Button("Train the embedded default", variant="primary", elem_id="train")
             status = gr.Markdown(elem_id="train-status")
