@@ -73,6 +73,15 @@ def test_image_k_does_not_depend_on_batch_or_shard_size(tmp_path):
     assert meta["sampler"] == "ddpm" and meta["steps"] == 3 and meta["guidance_scale"] == 2.0
     assert meta["seed"] == 3 and meta["class_mode"] == "random" and meta["precision"] == "fp32"
     assert not (tmp_path / "a.shards").exists()  # shards are removed once gathered
+    # one metadata layout for every npz ditkit writes: `meta`, as `ditkit sample`'s samples.npz
+    from ditkit.sampling.outputs import read_meta
+
+    with np.load(a, allow_pickle=False) as data:
+        assert "meta" in data.files and "metadata" not in data.files
+    assert read_meta(a) == meta
+    old = tmp_path / "old.npz"  # the layout `--num` wrote before: a 0-d `metadata` string
+    np.savez(old, arr_0=ia, arr_1=la, metadata=np.array('{"sampler": "ddim"}'))
+    assert read_meta(old) == sas.read_npz_metadata(old) == {"sampler": "ddim"}
 
 
 def test_killed_run_resumes_without_duplicates_or_gaps(tmp_path, monkeypatch):

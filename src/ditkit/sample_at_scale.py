@@ -10,7 +10,7 @@
   is) and removes them.
 - OUT.npz: `arr_0` uint8 N×H×W×3 (grey images are repeated to 3 channels; uint8 = round(255 * image), the
   official sample_ddp.py's clamp(127.5 x + 128) truncation), `arr_1` int64 labels (-1 for unconditional
-  models), `metadata` a JSON string with checkpoint, sampler, steps, guidance, interval, precision, seed
+  models), `meta` a JSON string (as in `ditkit sample`'s samples.npz) with checkpoint, sampler, steps, guidance, interval, precision, seed
   and class mode.
 """
 
@@ -183,7 +183,7 @@ def _gather(shard_dir: Path, shard_size: int, num: int, out: Path, labels: np.nd
     images = np.concatenate(parts)
     if len(images) != num:
         raise ValueError(f"{shard_dir}: gathered {len(images)} images, expected {num}")
-    _write_npz(out, arr_0=images, arr_1=labels, metadata=np.array(json.dumps(meta, default=str)))
+    _write_npz(out, arr_0=images, arr_1=labels, meta=np.asarray([json.dumps(meta, default=str)]))
     for path in shard_dir.glob("shard-*.npz"):
         path.unlink()
     try:
@@ -217,8 +217,10 @@ def _metadata(pipe, num, class_mode, seed, checkpoint, kw) -> dict[str, Any]:
 
 
 def read_npz_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as data:
-        return json.loads(str(data["metadata"])) if "metadata" in data.files else {}
+    """The `meta` dict of an npz ditkit wrote (as `ditkit sample` writes it; older files: `metadata`)."""
+    from .sampling.outputs import read_meta
+
+    return read_meta(path)
 
 
 def _resolution(pipe) -> int:

@@ -67,10 +67,15 @@ def write_sample_folder(
 
 
 def read_meta(npz_path: str | Path) -> dict[str, Any]:
-    """The ``meta`` dict of a samples.npz ditkit wrote ({} when it has none)."""
+    """The ``meta`` dict of a samples.npz ditkit wrote ({} when it has none). Also reads the ``metadata``
+    key that `ditkit sample --num` wrote before both used ``meta``."""
     import json
 
     import numpy as np
 
     with np.load(npz_path, allow_pickle=False) as data:
-        return json.loads(str(data["meta"][0])) if "meta" in data.files else {}
+        key = next((k for k in ("meta", "metadata") if k in data.files), None)
+        if key is None:
+            return {}
+        text = data[key]
+        return json.loads(str(text.reshape(-1)[0]))
