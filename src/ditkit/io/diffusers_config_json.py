@@ -12,6 +12,10 @@ from .layouts import require_official_layout
 
 # Written into config.json; diffusers ignores keys that start with "_".
 ARITHMETIC_KEY = "_ditkit_arithmetic"
+# A model's time convention when it is not DDPM's ("flow": 1000 s, velocity out; "sit"), and a flow-matching
+# run's process section, so ditkit reads an exported flow model back as one.
+TIME_INPUT_KEY = "_ditkit_time_input"
+PROCESS_KEY = "_ditkit_process"
 # DiTTransformer2DModel's constructor defaults (dit-facts §2.1), for keys a config.json leaves out.
 _DIT_DEFAULTS: dict[str, Any] = {
     "num_attention_heads": 16,
@@ -116,6 +120,7 @@ def config_from_diffusers(cfg: dict[str, Any], mlp_rows: int | None, where: str)
             class_dropout_prob=0.1,  # diffusers' LabelEmbedding always has the null row
             mlp_ratio=mlp_ratio,
             arithmetic="diffusers",
+            time_input=c.get(TIME_INPUT_KEY, "ddpm"),
         )
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
@@ -128,7 +133,7 @@ def diffusers_config(config: ModelConfig) -> dict[str, Any]:
         raise ValueError(
             f"diffusers' DiTTransformer2DModel has a fixed MLP ratio of 4; this model has {config.mlp_ratio}"
         )
-    return {
+    out = {
         "_class_name": "DiTTransformer2DModel",
         "_diffusers_version": diffusers_version(),
         ARITHMETIC_KEY: config.arithmetic,
@@ -149,3 +154,6 @@ def diffusers_config(config: ModelConfig) -> dict[str, Any]:
         "sample_size": config.input_size,
         "upcast_attention": False,
     }
+    if config.time_input != "ddpm":
+        out[TIME_INPUT_KEY] = config.time_input
+    return out

@@ -18,7 +18,13 @@ from typing import Any
 import torch
 
 from ..models import DiT, ModelConfig
-from .diffusers_config_json import ARITHMETIC_KEY, config_from_diffusers, diffusers_config, diffusers_version
+from .diffusers_config_json import (
+    ARITHMETIC_KEY,
+    PROCESS_KEY,
+    config_from_diffusers,
+    diffusers_config,
+    diffusers_version,
+)
 from .layouts import cast_state, diffusers_to_official, official_to_diffusers
 from .native import (
     CHECKSUM_KEY,
@@ -192,10 +198,12 @@ def save_diffusers_transformer(
     *,
     dtype: torch.dtype | None = None,
     id2label: dict[int, str] | None = None,
+    process: dict[str, Any] | None = None,
 ) -> Path:
     """A folder `DiTTransformer2DModel.from_pretrained` loads with no missing or unexpected keys.
 
-    Class names other than ImageNet's go into config.json under a private key diffusers ignores."""
+    Class names other than ImageNet's, a time convention other than DDPM's and a flow-matching `process`
+    section go into config.json under private keys diffusers ignores (ditkit reads them back)."""
     from safetensors.torch import save_file
 
     from ..labels import imagenet_id2label, normalize_id2label
@@ -206,6 +214,8 @@ def save_diffusers_transformer(
         labels = normalize_id2label(id2label)
         if labels != imagenet_id2label():
             config[LABELS_KEY] = {str(k): v for k, v in labels.items()}
+    if process:
+        config[PROCESS_KEY] = dict(process)
     state = cast_state(official_to_diffusers(model.state_dict(), model.config), dtype)
     prepare_output_dir(folder, "output folder")
     weights = folder / f"{WEIGHTS_NAME}.safetensors"

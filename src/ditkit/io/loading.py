@@ -132,6 +132,37 @@ class ConvertResult:
     notes: list[str]
 
 
+def _flow_process(loaded) -> dict | None:
+    """The process section of a flow-matching source (a training checkpoint's or a folder's), else None."""
+    extra = loaded.extra or {}
+    proc = (extra.get("run_config") or {}).get("process") or extra.get("process") or {}
+    return dict(proc) if proc.get("kind") == "flow" else None
+
+
+def _check_time_convention(time_input: str, to: str, pipeline: bool, notes: list[str]) -> None:
+    """Refuse outputs that would silently turn a flow-matching model into a DDPM one; note the rest."""
+    if time_input == "ddpm" or to == "safetensors":
+        return
+    if time_input == "flow" and (to == "official" or pipeline):
+        what = (
+            "an official .pt file" if to == "official" else "a diffusers DiTPipeline folder (DDPM scheduler)"
+        )
+        raise ValueError(
+            f"this is a flow-matching model (velocity, time input 1000 s): {what} cannot say so and would be "
+            "sampled as DDPM; convert --to diffusers without --pipeline, or --to safetensors, which keep it"
+        )
+    if to == "official":  # a SiT model: its own .pt layout, read back with --family sit
+        notes.append(
+            f"official files cannot record this model's time convention ({time_input!r}): load the output "
+            "with family='sit' (--family sit), or convert to safetensors, which keeps it"
+        )
+    else:
+        notes.append(
+            f"ditkit reads the time convention ({time_input!r}) back from config.json; diffusers' own "
+            "DiTPipeline and its DDPM schedulers cannot sample this model"
+        )
+
+
 def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -165,11 +196,8 @@ def convert(
     loaded = load_any(src, use_ema=use_ema, family=family)
     model = loaded.model
     notes = list(loaded.notes)
-    if model.config.time_input != "ddpm" and to != "safetensors":
-        notes.append(
-            f"{to} files cannot record this model's time convention ({model.config.time_input!r}): load the "
-            f"output with family='sit' (--family sit), or convert to safetensors, which keeps it"
-        )
+    process = _flow_process(loaded)
+    _check_time_convention(model.config.time_input, to, pipeline, notes)
     vae_source = vae if vae is not None else loaded.vae_path
     if to == "official":
         if model.config.arithmetic != "official":
@@ -193,7 +221,9 @@ def convert(
         if pipeline:
             out = save_diffusers_pipeline(model, dst, vae=vae_source, id2label=loaded.id2label, dtype=dtype)
         else:
-            out = save_diffusers_transformer(model, dst, dtype=dtype, id2label=loaded.id2label)
+            out = save_diffusers_transformer(
+                model, dst, dtype=dtype, id2label=loaded.id2label, process=process
+            )
     else:
         if pipeline:
             out = save_ditkit_pipeline(dst, model, loaded.id2label, vae=vae_source, dtype=dtype)

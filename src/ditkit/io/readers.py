@@ -17,6 +17,7 @@ import torch
 
 from ..labels import names_from_id2label, normalize_id2label
 from ..models import DiT, ModelConfig
+from .diffusers_config_json import PROCESS_KEY
 from .diffusers_io import (
     diffusers_pos_embed,
     is_transformer_folder,
@@ -277,6 +278,9 @@ def _load_transformer_folder(folder: Path) -> LoadedModel:
     state["pos_embed"] = ours
     model = _model_from_state(config, state, str(folder))
     loaded = LoadedModel(model, "diffusers-transformer", folder, has_ema=None, notes=notes)
+    process = read_json(folder / "config.json").get(PROCESS_KEY)
+    if isinstance(process, dict) and process.get("kind") == "flow" and config.time_input == "flow":
+        loaded.extra["process"] = dict(process)  # a flow-matching run's process, as ditkit exported it
     if labels is not None:
         loaded.id2label = _id2label(labels, str(folder / "config.json"))
     parent = folder.parent
