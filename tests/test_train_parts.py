@@ -223,3 +223,13 @@ def test_model_section_keys_follow_model_config():
     assert cfg.model.architecture() == {"arithmetic": "diffusers", "depth": 2}
     with pytest.raises(ValueError, match="model.depth expects an integer or null"):
         apply_overrides(cfg, ["model.depth=deep"])
+
+
+def test_ddpm_on_the_digits_default_points_to_the_tuned_recipe():
+    from ditkit.config import load_config, recipe
+    from ditkit.train.setup import DIGITS_DDPM_NOTE
+
+    cpu = torch.device("cpu")
+    assert DIGITS_DDPM_NOTE in build_run(load_config(None, ["process.kind=ddpm"]), cpu).notes
+    assert DIGITS_DDPM_NOTE not in build_run(load_config(None, []), cpu).notes  # flow: the default
+    assert DIGITS_DDPM_NOTE not in build_run(recipe("digits-ddpm"), cpu).notes  # the tuned recipe itself

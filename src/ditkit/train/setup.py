@@ -255,6 +255,12 @@ def build_model_config(
     )
 
 
+DIGITS_DDPM_NOTE = (
+    "the digits default is tuned for flow matching; `ditkit train digits-ddpm` is the tuned DDPM recipe "
+    "(1500 steps at batch 128, sampled with 100 DDPM steps)"
+)
+
+
 def _grid_sampler(config: RunConfig, notes: list[str]) -> RunConfig:
     """A sampler for the run's grids that samples its process: for a flow run whose sample.sampler is
     DDPM-only, dpm++2m with 10 steps (FD 0.40 on the embedded default, benchmarks/process_quality.py)."""
@@ -286,6 +292,8 @@ def build_run(config: RunConfig, device: torch.device) -> Run:
         notes.append(f"data.num_workers {config.data.num_workers} capped at the {cores} usable core(s)")
         config = config.replace(data=dataclasses.replace(config.data, num_workers=cores))
     config = _grid_sampler(config, notes)
+    if config.process.kind == "ddpm" and config.recipe == "digits" and config.data.path == "digits":
+        notes.append(DIGITS_DDPM_NOTE)
     encoder, cond_dim = build_encoder(config, dataset, device, notes)
     cond = build_conditioning(config, dataset, cond_dim, notes)
     mcfg = build_model_config(config, cond, in_channels, input_size)
