@@ -365,3 +365,14 @@ def test_the_page_starts_from_the_runs_own_sampling_settings():
     spec = build_spec(pipe, "run")
     assert spec.default_sampler == "ddpm" and spec.default_steps["ddpm"] == 100
     assert spec.default_guidance == 1.5
+
+
+def test_tiny_images_are_shown_as_pixels(digits_pipe):
+    """8x8 digits are upscaled nearest-neighbour in the gallery (a blur otherwise); large images are not."""
+    import dataclasses
+
+    from ditkit.demo.app import CSS, page_css
+
+    spec = build_spec(digits_pipe, "digits")
+    assert "image-rendering: pixelated" in page_css(spec) and page_css(spec).startswith(CSS)
+    assert page_css(dataclasses.replace(spec, resolution=(256, 256))) == CSS

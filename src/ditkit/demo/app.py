@@ -14,6 +14,13 @@ from .generate import GenerateRequest, generate, parse_seed
 from .spec import ANY_ID, DemoSpec
 
 CSS = "#card { font-size: 0.9em; }"
+SMOOTH_FROM = 128  # images smaller than this are upscaled in the gallery with nearest-neighbour pixels
+PIXELATED = " #gallery img { image-rendering: pixelated; }"
+
+
+def page_css(spec: DemoSpec) -> str:
+    """The page's CSS: tiny images (8x8 digits) show their pixels instead of a blur."""
+    return CSS + (PIXELATED if max(spec.resolution) < SMOOTH_FROM else "")
 
 
 def _one_line(err: BaseException) -> str:
@@ -244,4 +251,5 @@ def build_app(pipe: Any, spec: DemoSpec, work_dir: str | Path | None = None):
             api_name="generate",
             concurrency_limit=1,
         )
+    demo.ditkit_css = page_css(spec)  # launch() takes the CSS (gradio 6)
     return demo

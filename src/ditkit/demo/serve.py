@@ -108,7 +108,7 @@ def launch(demo: Any, host: str, port: int, bounds: Bounds) -> None:
 
     demo.queue(default_concurrency_limit=1, max_size=32)
     try:
-        _launch(demo, host, port, bounds, CSS)
+        _launch(demo, host, port, bounds, getattr(demo, "ditkit_css", CSS))
     except OSError as err:  # taken between the check and the launch
         raise ValueError(f"port {port} on {host} is not free ({err}); pick another with --port") from None
 
