@@ -31,9 +31,13 @@ def _sample(folder, npz, *extra):
     return main([*args, "--no-progress", "--precision", "fp32", "--out", str(npz.parent), *extra])
 
 
-def test_npz_layout_balanced_and_batch_independent(folder, tmp_path):
+def test_npz_layout_balanced_and_batch_independent(folder, tmp_path, capsys):
+    from ditkit.sampling.outputs import read_meta
+
     a, b = tmp_path / "a" / "s.npz", tmp_path / "b" / "s.npz"
     assert _sample(folder, a, "--class-mode", "balanced", "--batch-size", "6") == 0
+    assert "fp32 weights) ->" in capsys.readouterr().out  # the precision, printed and recorded
+    assert read_meta(a)["precision"] == "fp32" and read_meta(a)["class_mode"] == "balanced"
     assert _sample(folder, b, "--class-mode", "balanced", "--batch-size", "2") == 0
     da, db = np.load(a), np.load(b)
     assert da["arr_0"].dtype == np.uint8 and da["arr_0"].shape == (6, 8, 8, 3)

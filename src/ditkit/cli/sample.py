@@ -283,7 +283,9 @@ def _run_npz(pipe, s: dict[str, Any], args: argparse.Namespace) -> int:
         guidance_interval=s["guidance_interval"] if s["guidance"] else None,
     )
     if dist_env().rank == 0:
-        print(f"sampled {args.num} images ({describe(pipe, s)}) -> {path}")
+        from ditkit.runtime import precision_name
+
+        print(f"sampled {args.num} images ({describe(pipe, s)}, {precision_name(pipe.dtype)} weights) -> {path}")
     return 0
 
 
