@@ -285,7 +285,9 @@ def _run_npz(pipe, s: dict[str, Any], args: argparse.Namespace) -> int:
     if dist_env().rank == 0:
         from ditkit.runtime import precision_name
 
-        print(f"sampled {args.num} images ({describe(pipe, s)}, {precision_name(pipe.dtype)} weights) -> {path}")
+        print(
+            f"sampled {args.num} images ({describe(pipe, s)}, {precision_name(pipe.dtype)} weights) -> {path}"
+        )
     return 0
 
 
