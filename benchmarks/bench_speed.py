@@ -205,17 +205,11 @@ def build(args, device):
 def diffusers_model(ours):
     from diffusers import DiTTransformer2DModel
 
-    c = ours.config
-    model = DiTTransformer2DModel(
-        num_attention_heads=c.num_heads,
-        attention_head_dim=c.hidden_size // c.num_heads,
-        in_channels=c.in_channels,
-        out_channels=c.out_channels,
-        num_layers=c.depth,
-        sample_size=c.input_size,
-        patch_size=c.patch_size,
-        num_embeds_ada_norm=c.num_classes,
-    ).eval()  # eval: no label dropout inside; dropout is 0, so the arithmetic is training's
+    from ditkit.io.diffusers_config_json import diffusers_config
+
+    # the same config.json `ditkit convert --to diffusers` writes for this network
+    model = DiTTransformer2DModel.from_config(diffusers_config(ours.config))
+    model.eval()  # eval: no label dropout inside; dropout is 0, so the arithmetic is training's
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)

@@ -19,16 +19,7 @@ from ditkit.demo.spec import ANY, ANY_ID
 from ditkit.encoders import ToyEncoder
 from ditkit.pipeline import DiTPipeline
 
-
-@pytest.fixture(autouse=True)
-def _offline_env(monkeypatch):
-    """The demo sets these for Gradio; monkeypatch puts the test process's environment back afterwards."""
-    for key, value in (
-        ("GRADIO_ANALYTICS_ENABLED", "False"),
-        ("HF_HUB_OFFLINE", "1"),
-        ("HF_HUB_DISABLE_TELEMETRY", "1"),
-    ):
-        monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("offline_gradio_env")  # conftest.py
 
 
 def tiny(num_classes=10, cond_dim=0, dropout=0.1):

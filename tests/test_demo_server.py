@@ -34,15 +34,7 @@ CHROMIUM_ARGS = [
 OFFLINE = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _offline_env(monkeypatch):
-    """The demo sets these for Gradio; monkeypatch puts the test process's environment back afterwards."""
-    for key, value in (
-        ("GRADIO_ANALYTICS_ENABLED", "False"),
-        ("HF_HUB_OFFLINE", "1"),
-        ("HF_HUB_DISABLE_TELEMETRY", "1"),
-    ):
-        monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("offline_gradio_env")  # conftest.py
 
 
 def _free_port() -> int:

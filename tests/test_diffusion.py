@@ -80,14 +80,7 @@ class ToyNet(nn.Module):
         return self.conv_out(torch.tanh(h))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # These tensors are tiny: intra-op threads only add synchronisation, which on a loaded 2-core machine made
-    # a 1000-step loop 80x slower. Restore the setting so other test modules are unaffected.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,21 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _data_helpers import TINY as TINY_BASE
 from ditkit.cli.main import build_parser, main
 
-TINY = [
-    "model.depth=2",
-    "model.hidden_size=32",
-    "model.num_heads=2",
-    "model.patch_size=4",
-    "process.kind=ddpm",  # these teachers are DDPM models (flow teachers: tests/test_distill_flow.py)
-    "train.threads=1",
-    "train.log_every=2",
-    "train.ckpt_every=1000",
-    "train.sample_every=0",
-    "sample.steps=2",
-    "sample.num_per_label=1",
-]
+# DDPM teachers (flow teachers: tests/test_distill_flow.py), two blocks so a half-depth student has one
+TINY = [*TINY_BASE, "model.depth=2"]
 RUN = ["--batch-size", "8", "--no-progress"]
 
 

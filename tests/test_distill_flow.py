@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from _data_helpers import TINY as TINY_BASE
 from ditkit.cli.main import main
 from ditkit.distill import (
     DistillSection,
@@ -24,25 +25,20 @@ from ditkit.distill import (
 )
 from ditkit.distill.targets import euler_step, student_target_velocity, teacher_euler
 from ditkit.models import DiT, ModelConfig
+from test_distill import random_teacher as ddpm_random_teacher
+from test_distill import tiny as ddpm_tiny
 
 
 def tiny(**changes) -> ModelConfig:
-    base = dict(
-        depth=2, hidden_size=32, num_heads=2, patch_size=2, input_size=4, in_channels=1, num_classes=3,
-        time_input="flow", learn_sigma=False,
-    )  # fmt: skip
-    return ModelConfig(**{**base, **changes})
+    """test_distill's tiny teacher config as a flow model (time 1000 s, velocity, no variance channels)."""
+    return ddpm_tiny(**{"time_input": "flow", "learn_sigma": False, **changes})
 
 
 def random_teacher(cfg: ModelConfig, seed: int = 0) -> Teacher:
     """A flow teacher whose every weight is random (the official init outputs exactly zero)."""
-    torch.manual_seed(seed)
-    net = DiT(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0.0, 0.1)
-    model = net.eval().requires_grad_(False)
-    return Teacher(model=model, path=Path("memory"), format="test", process_kind="flow", digest="abc")
+    teacher = ddpm_random_teacher(cfg, seed)
+    teacher.process_kind = "flow"
+    return teacher
 
 
 def batch(n=6, seed=1):
@@ -281,19 +277,7 @@ def test_flow_teacher_grid_is_the_samplers_linspace_with_the_process_shift():
 
 
 # -- `ditkit distill --mode steps` end to end on a tiny flow teacher ---------------------------------------
-TINY = [
-    "model.depth=1",
-    "model.hidden_size=32",
-    "model.num_heads=2",
-    "model.patch_size=4",
-    "process.kind=flow",
-    "train.threads=1",
-    "train.log_every=2",
-    "train.ckpt_every=1000",
-    "train.sample_every=0",
-    "sample.steps=2",
-    "sample.num_per_label=1",
-]
+TINY = [*TINY_BASE, "process.kind=flow"]
 RUN = ["--batch-size", "8", "--no-progress", "--max-steps", "2"]
 
 

@@ -26,14 +26,7 @@ from ditkit.sampling import (
 MU, S = 0.3, 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # These tensors are tiny: intra-op threads only add synchronisation, which on a loaded 2-core machine made
-    # a 1000-step loop 80x slower. Restore the setting so other test modules are unaffected.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

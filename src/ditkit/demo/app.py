@@ -223,7 +223,7 @@ def _controls(spec: DemoSpec) -> list:
 
 
 def build_app(pipe: Any, spec: DemoSpec, work_dir: str | Path | None = None):
-    """The page for one loaded pipeline (a gr.Blocks; the caller queues and launches it)."""
+    """The page for one loaded pipeline (a gr.Blocks; the caller queues and launches it, with page_css(spec))."""
     import gradio as gr
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="ditkit-demo-"))
@@ -251,5 +251,4 @@ def build_app(pipe: Any, spec: DemoSpec, work_dir: str | Path | None = None):
             api_name="generate",
             concurrency_limit=1,
         )
-    demo.ditkit_css = page_css(spec)  # launch() takes the CSS (gradio 6)
     return demo

@@ -103,12 +103,13 @@ def check_address(host: str, port: int) -> None:
     raise ValueError(f"port {port} on {host} is not free ({problem}){hint}")
 
 
-def launch(demo: Any, host: str, port: int, bounds: Bounds) -> None:
+def launch(demo: Any, host: str, port: int, bounds: Bounds, css: str | None = None) -> None:
+    """Queue and serve `demo`; `css` is the page's (default: ditkit.demo.app.CSS)."""
     from .app import CSS
 
     demo.queue(default_concurrency_limit=1, max_size=32)
     try:
-        _launch(demo, host, port, bounds, getattr(demo, "ditkit_css", CSS))
+        _launch(demo, host, port, bounds, CSS if css is None else css)
     except OSError as err:  # taken between the check and the launch
         raise ValueError(f"port {port} on {host} is not free ({err}); pick another with --port") from None
 
@@ -174,14 +175,14 @@ def serve(args: Any) -> int:
     if before is None:
         os.environ["GRADIO_TEMP_DIR"] = str(work / "gradio")  # served files go when the demo stops
     try:
-        from .app import build_app
+        from .app import build_app, page_css
 
         if pipe is None:
             path = _train_first(args, bounds)
             pipe = load_pipeline(path, args.device, args.precision, args.encoder)
         spec = build_spec(pipe, checkpoint_name(path), bounds)
         demo = build_app(pipe, spec, work)
-        launch(demo, args.host, args.port, bounds)
+        launch(demo, args.host, args.port, bounds, page_css(spec))
         print(f"ditkit demo: serving {spec.name} at {_url(args.host, args.port)} (Ctrl-C stops)", flush=True)
         _wait(demo)
     finally:

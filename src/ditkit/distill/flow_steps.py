@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..diffusion.flow import interpolate, network_time, velocity_from_output
 from ..diffusion.losses import mean_flat
-from .objectives import _draw_w, _TeacherMixin
+from .objectives import _StepsMixin, _TeacherMixin, split_grid
 from .targets import FLOW_CLEAN, student_target_velocity, teacher_euler
 from .teacher import Teacher
 
@@ -49,7 +49,7 @@ def check_flow_grid(grid: Any, name: str = "teacher_grid") -> list[float]:
     return g
 
 
-class FlowStepsDistillation(_TeacherMixin):
+class FlowStepsDistillation(_StepsMixin, _TeacherMixin):
     """Progressive distillation of a flow teacher: one student Euler step on `student_grid` (every merge-th
     point of `teacher_grid`, noise levels from 1 to 0) matches `merge` teacher Euler steps. The student
     predicts a velocity (in its own time convention, as the teacher: ditkit "flow" or SiT "sit")."""
@@ -72,12 +72,7 @@ class FlowStepsDistillation(_TeacherMixin):
         steps = len(grid) - 1
         if self.merge < 1 or steps % self.merge:
             raise ValueError(f"the teacher grid's {steps} steps do not split into groups of {self.merge}")
-        self.student_grid = grid[:: self.merge]  # (S + 1,)
-        self.num_steps = steps // self.merge
-        # paths[i]: the teacher's levels from student point i to student point i + 1, (S, merge + 1)
-        self.paths = torch.stack(
-            [grid[i * self.merge : (i + 1) * self.merge + 1] for i in range(self.num_steps)]
-        )
+        self.student_grid, self.num_steps, self.paths = split_grid(grid, self.merge)
         self.time_input = getattr(teacher.config, "time_input", "flow")
         if self.time_input not in ("flow", "sit"):
             self.time_input = "flow"
@@ -108,15 +103,9 @@ class FlowStepsDistillation(_TeacherMixin):
         if noise is None:
             gen_device = generator.device if generator is not None else device
             noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(device)
-        cfg = self.teacher.config
-        guided_w = self.w_max > 1.0 and cond is not None and (cfg.has_null_label or cfg.guidance_embed)
-        if guided_w and w is None:
-            w = _draw_w(self.w_min, self.w_max, x0, noise, generator)
-        w = w.to(device) if (guided_w and w is not None) else None
+        w = self._guidance_w(x0, noise, cond, w, generator)
         x_s, s_start, target = self.targets(x0, noise, idx, cond, w)
-        extra = {"w": w if w is not None else torch.ones(n, device=device)} if self.student_guided else {}
-        t_net = network_time(s_start, self.time_input).to(device)
-        out = model(x_s, t_net, **extra) if cond is None else model(x_s, t_net, cond, **extra)
+        out = self._student(model, x_s, network_time(s_start, self.time_input).to(device), cond, w)
         v_hat = velocity_from_output(out.float(), c, self.time_input)
         loss = mean_flat((v_hat - target) ** 2)
         return {"loss": loss, "distill": loss.detach(), "t": s_start.float()}

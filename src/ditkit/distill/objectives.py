@@ -91,6 +91,42 @@ def _draw_w(lo: float, hi: float, x0: Tensor, noise: Tensor | None, generator: A
     return lo + (hi - lo) * u
 
 
+def split_grid(grid: Tensor, merge: int) -> tuple[Tensor, int, Tensor]:
+    """A teacher grid cut into student steps of `merge` teacher steps: (the student grid, every merge-th
+    point; the number of student steps S; paths (S, merge + 1), the teacher points of each student step)."""
+    student = grid[::merge]
+    num_steps = (len(grid) - 1) // merge
+    paths = torch.stack([grid[i * merge : (i + 1) * merge + 1] for i in range(num_steps)])
+    return student, num_steps, paths
+
+
+class _StepsMixin:
+    """What both progressive-distillation objectives (DDPM eps, flow velocity) do around their targets: the
+    guidance weight of a guided teacher and the student's forward (w as an input for a w-conditioned one)."""
+
+    teacher: Teacher
+    w_min: float
+    w_max: float
+    student_guided: bool
+
+    def _guidance_w(self, x0: Tensor, noise: Tensor, cond: Tensor | None, w: Tensor | None, generator: Any):
+        """w (N,) for a guided teacher (drawn from the noise when not given), else None (unguided)."""
+        cfg = self.teacher.config
+        if not (self.w_max > 1.0 and cond is not None and (cfg.has_null_label or cfg.guidance_embed)):
+            return None
+        if w is None:
+            w = _draw_w(self.w_min, self.w_max, x0, noise, generator)
+        return w.to(x0.device)
+
+    def _student(self, model: Any, x: Tensor, t: Tensor, cond: Tensor | None, w: Tensor | None) -> Tensor:
+        extra = (
+            {"w": w if w is not None else torch.ones(x.shape[0], device=x.device)}
+            if self.student_guided
+            else {}
+        )
+        return model(x, t, **extra) if cond is None else model(x, t, cond, **extra)
+
+
 class _TeacherMixin:
     teacher: Teacher
     channels_only: bool
@@ -210,7 +246,7 @@ class GuidanceDistillation(_TeacherMixin):
         return out
 
 
-class StepsDistillation(_TeacherMixin):
+class StepsDistillation(_StepsMixin, _TeacherMixin):
     """Progressive distillation (Salimans & Ho, ICLR 2022): one student DDIM step from a point of
     `student_grid` matches `merge` deterministic teacher DDIM steps on `teacher_grid` (of which the student's
     grid is every merge-th point). The student predicts eps; the loss is the eps MSE against the closed-form
@@ -235,12 +271,7 @@ class StepsDistillation(_TeacherMixin):
         grid = torch.tensor([round(float(v)) for v in teacher_grid], dtype=torch.long)
         steps = len(grid) - 1
         assert steps % self.merge == 0 and int(grid[-1]) == -1
-        self.student_grid = grid[:: self.merge]  # (S + 1,)
-        self.num_steps = steps // self.merge
-        # paths[i]: the teacher points from student point i to student point i + 1, (S, merge + 1)
-        self.paths = torch.stack(
-            [grid[i * self.merge : (i + 1) * self.merge + 1] for i in range(self.num_steps)]
-        )
+        self.student_grid, self.num_steps, self.paths = split_grid(grid, self.merge)
         self.alphas_cumprod = torch.tensor(np.array(process.alphas_cumprod, dtype=np.float64))
         self.w_min, self.w_max, self.student_guided = float(w_min), float(w_max), bool(student_guided)
 
@@ -255,17 +286,9 @@ class StepsDistillation(_TeacherMixin):
             idx = (t.long().cpu() * self.num_steps) // T
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(device)
-        guided_w = (
-            self.w_max > 1.0
-            and cond is not None
-            and (self.teacher.config.has_null_label or self.teacher.config.guidance_embed)
-        )
-        if guided_w and w is None:
-            w = _draw_w(self.w_min, self.w_max, x0, noise, generator)
-        w = w.to(device) if (guided_w and w is not None) else None
+        w = self._guidance_w(x0, noise, cond, w, generator)
         x_t, t_start, target, teacher_raw = self.targets(x0, noise, idx, cond, w)
-        extra = {"w": w if w is not None else torch.ones(n, device=device)} if self.student_guided else {}
-        out = model(x_t, t_start, **extra) if cond is None else model(x_t, t_start, cond, **extra)
+        out = self._student(model, x_t, t_start, cond, w)
         main, var = self._match(out, torch.cat([target, teacher_raw[:, c:]], dim=1), c)
         loss = main if var is None else main + var
         return {"loss": loss, "distill": main, "t": t_start.float().clamp(min=0) / T}

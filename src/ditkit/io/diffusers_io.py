@@ -122,8 +122,9 @@ def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
 
 def read_transformer_folder(
     folder: Path,
-) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str], dict[str, str] | None]:
-    """(config with diffusers arithmetic, official-layout state dict without pos_embed, notes, id2label)."""
+) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str], dict[str, str] | None, dict[str, Any] | None]:
+    """(config with diffusers arithmetic, official-layout state dict without pos_embed, notes, id2label, the
+    flow-matching process section ditkit exported with a flow model or None)."""
     cfg = read_json(folder / "config.json")
     cls = cfg.get("_class_name")
     if cls not in TRANSFORMER_CLASSES:
@@ -146,7 +147,9 @@ def read_transformer_folder(
             f"{folder / 'config.json'}: {LABELS_KEY} is a {type(labels).__name__}, expected a mapping of class "
             "id to name"
         )
-    return config, official, notes, labels
+    process = cfg.get(PROCESS_KEY)
+    flow = isinstance(process, dict) and process.get("kind") == "flow" and config.time_input == "flow"
+    return config, official, notes, labels, dict(process) if flow else None
 
 
 def diffusers_pos_embed(config: ModelConfig) -> torch.Tensor | None:

@@ -17,7 +17,6 @@ import torch
 
 from ..labels import names_from_id2label, normalize_id2label
 from ..models import DiT, ModelConfig
-from .diffusers_config_json import PROCESS_KEY
 from .diffusers_io import (
     diffusers_pos_embed,
     is_transformer_folder,
@@ -263,7 +262,7 @@ def _labels(names: Any) -> dict[int, str] | None:
 
 # -- folders -----------------------------------------------------------------------------------------
 def _load_transformer_folder(folder: Path) -> LoadedModel:
-    config, state, notes, labels = read_transformer_folder(folder)
+    config, state, notes, labels, process = read_transformer_folder(folder)
     from ..models.embed import sincos_pos_embed_2d
 
     check_config_fits(config, state, str(folder / "config.json"), pos_embed_stored=False)
@@ -278,9 +277,8 @@ def _load_transformer_folder(folder: Path) -> LoadedModel:
     state["pos_embed"] = ours
     model = _model_from_state(config, state, str(folder))
     loaded = LoadedModel(model, "diffusers-transformer", folder, has_ema=None, notes=notes)
-    process = read_json(folder / "config.json").get(PROCESS_KEY)
-    if isinstance(process, dict) and process.get("kind") == "flow" and config.time_input == "flow":
-        loaded.extra["process"] = dict(process)  # a flow-matching run's process, as ditkit exported it
+    if process is not None:
+        loaded.extra["process"] = process  # a flow-matching run's process, as ditkit exported it
     if labels is not None:
         loaded.id2label = _id2label(labels, str(folder / "config.json"))
     parent = folder.parent
